@@ -1,0 +1,1 @@
+"""Target protocol proxies, one module per protocol behind one interface."""

@@ -1,0 +1,1 @@
+"""Access decisions. Pure: no sockets, no files, no clock of its own."""

@@ -1,0 +1,107 @@
+"""The policy schema: who may reach which target, and how.
+
+These types are what config.py builds and what engine.py decides over. They are
+plain frozen data, so a decision is a pure function of them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Access(str, Enum):
+    """How a policy lets its subjects reach its targets."""
+
+    ALLOW = "allow"
+    APPROVAL = "approval"
+    DENY = "deny"
+
+
+class Effect(str, Enum):
+    """The outcome of one decision."""
+
+    ALLOW = "allow"
+    APPROVAL = "approval"  # allowed once a human approves
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking: the username from the certificate and the groups from the ID token."""
+
+    user: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a policy can point at: a configured target, seen without its credentials."""
+
+    name: str
+    kind: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.kind))
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Matches an identity by username or by any of its groups."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+    def match(self, identity: Identity) -> bool:
+        """True when the identity is one of the users or in one of the groups."""
+        return identity.user in self.users or not identity.groups.isdisjoint(self.groups)
+
+
+@dataclass(frozen=True)
+class TargetSelector:
+    """Matches targets. Every criterion given must hold; names are shell-style globs."""
+
+    names: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def match(self, target: Target) -> bool:
+        """True when the target satisfies every criterion given."""
+        if self.names and not any(fnmatch.fnmatchcase(target.name, n) for n in self.names):
+            return False
+        if self.kinds and target.kind not in self.kinds:
+            return False
+        return all(target.labels.get(k) == v for k, v in self.labels)
+
+
+@dataclass(frozen=True)
+class Approvers:
+    """Who may approve a request."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ApprovalRule:
+    """How a request under an ``approval`` policy is approved."""
+
+    approvers: Approvers = Approvers()
+    min_approvals: int = 1
+    max_duration: float = 3600.0  # seconds
+    reason_required: bool = True
+    request_ttl: float = 3600.0  # seconds a pending request lives
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One rule: these subjects reach these targets with this access mode."""
+
+    name: str
+    subjects: Subjects
+    targets: TargetSelector
+    access: Access
+    port_forwarding: bool = False
+    approval: ApprovalRule | None = None

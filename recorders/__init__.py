@@ -1,0 +1,1 @@
+"""Session recording and replay (asciicast v2). Knows nothing of SSH."""

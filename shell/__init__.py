@@ -1,0 +1,1 @@
+"""The controlled shell that runs inside a bastion session."""
