@@ -9,11 +9,30 @@ what was expected. Secrets are never inline: they are ``{env: NAME}`` or
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from policies.model import Policy, Target
+from bastion.config_schema import (
+    Node,
+    format_duration,
+    parse_address,
+    parse_url,
+    read_secret_file,
+    read_yaml,
+)
+from bastion.errors import ConfigError
+from policies.model import (
+    Access,
+    ApprovalRule,
+    Approvers,
+    Policy,
+    Subjects,
+    Target,
+    TargetSelector,
+)
 
 DEFAULT_CONFIG_PATH = "/etc/bastion/bastion.yaml"
 TARGET_KINDS = ("postgres", "mysql", "kubernetes", "ssh")
@@ -39,7 +58,18 @@ class SecretRef:
 
     def resolve(self, environ: Mapping[str, str] | None = None) -> str:
         """Read the secret now. Raises BastionError (ConfigError) naming the reference, never the value."""
-        raise NotImplementedError  # filled in by the loader helper below
+        if self.env is not None:
+            value = (os.environ if environ is None else environ).get(self.env, "")
+            if not value:
+                raise ConfigError("environment", None, self.describe(), "the variable is unset or empty")
+            return value
+        if self.file is not None:
+            return read_secret_file(self.file, self.describe())
+        raise ConfigError("secret", None, self.describe(), "expected exactly one of env or file")
+
+    def describe(self) -> str:
+        """Where the secret lives, as written in YAML: safe to show."""
+        return f"{{env: {self.env}}}" if self.env else f"{{file: {self.file}}}"
 
     def __repr__(self) -> str:  # never print a value, only where it comes from
         return f"SecretRef(env={self.env!r})" if self.env else f"SecretRef(file={str(self.file)!r})"
@@ -133,6 +163,246 @@ def config_path(cli_value: str | None, environ: Mapping[str, str] | None = None)
     return Path(cli_value or env.get("BASTION_CONFIG") or DEFAULT_CONFIG_PATH)
 
 
+def host_port(text: str) -> HostPort:
+    """Parse "host:port" or "[IPv6]:port"; raises ValueError."""
+    return HostPort(*parse_address(text))
+
+
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a bastion.yaml. Raises ConfigError naming file:line, key and expectation."""
-    raise NotImplementedError  # filled in by the loader helper
+    """Read and validate a bastion.yaml. Raises ConfigError naming file:line, key and expectation.
+
+    Secrets are only references here; ``environ`` is accepted for symmetry with
+    :meth:`SecretRef.resolve`, which reads them when a proxy needs them.
+    """
+    del environ  # nothing in the file is expanded from the environment at load time
+    file = os.fspath(path)
+    root = read_yaml(file)
+    base = Path(file).resolve().parent
+    top = root.fields(_TOP_KEYS, required=("listen", "state_dir", "identity"))
+    return Config(
+        path=Path(file).resolve(),
+        listen=_listen(top["listen"]),
+        state_dir=_path(top["state_dir"], base),
+        identity=_identity(top["identity"], base),
+        host_names=top["host_names"].names(non_empty=True) if "host_names" in top else Config.host_names,
+        public_url=top["public_url"].parse(parse_url) if "public_url" in top else None,
+        limits=_limits(top["limits"]) if "limits" in top else Limits(),
+        targets=_targets(top["targets"], base) if "targets" in top else {},
+        policies=_policies(top["policies"]) if "policies" in top else (),
+    )
+
+
+# The loader. Each function below turns one section's node into its typed value.
+
+_TOP_KEYS = ("listen", "state_dir", "public_url", "host_names", "identity", "limits", "targets", "policies")
+_SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+_MAX_CERT_TTL = 7 * 86400.0
+_TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_INLINE_SECRET = "secrets must be {env: NAME} or {file: PATH}, not inline"
+
+
+def _path(node: Node, base: Path) -> Path:
+    path = Path(node.name())
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+
+def _listen(node: Node) -> Listen:
+    f = node.fields(("ssh", "http"), required=("ssh", "http"))
+    return Listen(ssh=f["ssh"].parse(host_port), http=f["http"].parse(host_port))
+
+
+def _algorithms(node: Node) -> tuple[str, ...]:
+    algorithms = node.names(non_empty=True)
+    for item, alg in zip(node.items(), algorithms):
+        if alg.lower() == "none" or alg.upper().startswith("HS"):
+            raise item.error(f"{alg} is refused: tokens must be signed with the issuer's public key")
+        if alg not in _SIGNING_ALGORITHMS:
+            raise item.error(f"expected one of: {', '.join(_SIGNING_ALGORITHMS)}; got {alg!r}")
+    return algorithms
+
+
+def _scopes(node: Node) -> tuple[str, ...]:
+    scopes = node.names()
+    if "openid" not in scopes:
+        raise node.error("must include openid")
+    return scopes
+
+
+def _groups_claim(node: Node) -> str | None:
+    return None if node.is_null else node.name()
+
+
+def _issuer_parsers(base: Path) -> dict[str, Callable[[Node], Any]]:
+    return {
+        "issuer": lambda n: n.parse(lambda s: parse_url(s, https_only=True)),
+        "audience": Node.name,
+        "client_id": Node.name,
+        "native_client_secret": lambda n: _secret(n, base),
+        "scopes": _scopes,
+        "username_claim": Node.name,
+        "username_domain": Node.name,
+        "username_prefix": Node.text,
+        "groups_claim": _groups_claim,
+        "groups_prefix": Node.text,
+        "algorithms": _algorithms,
+        "leeway": lambda n: n.duration(positive=False),
+    }
+
+
+def _issuer(node: Node, base: Path, *, people: bool) -> IssuerConfig:
+    parsers = _issuer_parsers(base)
+    if not people:  # machine identities have no login client
+        for key in ("client_id", "native_client_secret", "scopes"):
+            del parsers[key]
+    required = ("issuer", "client_id") if people else ("issuer", "audience")
+    kwargs = {key: parsers[key](value) for key, value in node.fields(parsers, required).items()}
+    kwargs.setdefault("audience", kwargs.get("client_id"))
+    return IssuerConfig(**kwargs)
+
+
+def _certificates(node: Node) -> CertificatePolicy:
+    f = node.fields(("default_ttl", "max_ttl"))
+    default_ttl = f["default_ttl"].duration() if "default_ttl" in f else CertificatePolicy.default_ttl
+    max_ttl = f["max_ttl"].duration() if "max_ttl" in f else CertificatePolicy.max_ttl
+    if max_ttl > _MAX_CERT_TTL:
+        raise f["max_ttl"].error(f"must be at most 7d, got {format_duration(max_ttl)}")
+    if default_ttl > max_ttl:
+        culprit = f.get("default_ttl") or f["max_ttl"]
+        raise culprit.error(f"default_ttl ({format_duration(default_ttl)}) must not exceed "
+                            f"max_ttl ({format_duration(max_ttl)})")
+    return CertificatePolicy(default_ttl=default_ttl, max_ttl=max_ttl)
+
+
+def _identity(node: Node, base: Path) -> Identity:
+    f = node.fields(("oidc", "machine_issuers", "certificates"), required=("oidc",))
+    machines = f["machine_issuers"].items() if "machine_issuers" in f else []
+    return Identity(
+        oidc=_issuer(f["oidc"], base, people=True),
+        machine_issuers=tuple(_issuer(n, base, people=False) for n in machines),
+        certificates=_certificates(f["certificates"]) if "certificates" in f else CertificatePolicy(),
+    )
+
+
+_LIMIT_PARSERS: dict[str, Callable[[Node], Any]] = {
+    "auth_attempts": Node.integer,
+    "login_timeout": Node.duration,
+    "sessions_per_user": Node.integer,
+    "connections_per_source": Node.integer,
+}
+
+
+def _limits(node: Node) -> Limits:
+    return Limits(**{key: _LIMIT_PARSERS[key](value) for key, value in node.fields(_LIMIT_PARSERS).items()})
+
+
+def _secret(node: Node, base: Path) -> SecretRef:
+    if not node.is_mapping:
+        raise node.error(_INLINE_SECRET)
+    f = node.fields(("env", "file"))
+    if len(f) != 1:
+        raise node.error("expected exactly one of env or file")
+    if "file" in f:
+        return SecretRef(file=_path(f["file"], base))
+    env = f["env"]
+    if not _ENV_NAME.fullmatch(env.text()):
+        raise env.error("expected an environment variable name (letters, digits and _)")
+    return SecretRef(env=env.text())
+
+
+def _labels(node: Node) -> dict[str, str]:
+    labels = {}
+    for key, value in node.pairs("a mapping of label names to values"):
+        if not key.strip():
+            raise value.error("label names must not be empty", at_key=True)
+        labels[key] = value.scalar_text()
+    return labels
+
+
+def _target(name: str, node: Node, base: Path) -> TargetConfig:
+    keys = ("kind", "address", "labels", "description", "database", "user", "password")
+    f = node.fields(keys, required=("kind", "address"))
+    return TargetConfig(
+        name=name,
+        kind=f["kind"].choice(TARGET_KINDS),
+        address=f["address"].parse(host_port),
+        labels=_labels(f["labels"]) if "labels" in f else {},
+        description=f["description"].text() if "description" in f else "",
+        database=f["database"].name() if "database" in f else None,
+        user=f["user"].name() if "user" in f else None,
+        password=_secret(f["password"], base) if "password" in f else None,
+    )
+
+
+def _targets(node: Node, base: Path) -> dict[str, TargetConfig]:
+    targets = {}
+    for name, value in node.pairs("a mapping of target names to targets"):
+        if not _TARGET_NAME.fullmatch(name):
+            raise value.error(f"target names must match ^{_TARGET_NAME.pattern}$", at_key=True)
+        targets[name] = _target(name, value, base)
+    return targets
+
+
+def _subjects(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    f = node.fields(("users", "groups"))
+    users = f["users"].names() if "users" in f else ()
+    groups = f["groups"].names() if "groups" in f else ()
+    if not users and not groups:
+        raise node.error("expected at least one user or group")
+    return users, groups
+
+
+def _selector(node: Node) -> TargetSelector:
+    f = node.fields(("names", "kinds", "labels"))
+    names = f["names"].names() if "names" in f else ()
+    kinds = tuple(item.choice(TARGET_KINDS) for item in f["kinds"].items()) if "kinds" in f else ()
+    labels = tuple(_labels(f["labels"]).items()) if "labels" in f else ()
+    if not (names or kinds or labels):
+        raise node.error('expected at least one of names, kinds or labels (use names: ["*"] for all targets)')
+    return TargetSelector(names=names, kinds=kinds, labels=labels)
+
+
+def _approval(node: Node) -> ApprovalRule:
+    keys = ("approvers", "min_approvals", "max_duration", "reason_required", "request_ttl")
+    f = node.fields(keys, required=("approvers",))
+    users, groups = _subjects(f["approvers"])
+    rule = ApprovalRule(
+        approvers=Approvers(users=users, groups=groups),
+        min_approvals=f["min_approvals"].integer() if "min_approvals" in f else 1,
+        max_duration=f["max_duration"].duration() if "max_duration" in f else ApprovalRule.max_duration,
+        reason_required=f["reason_required"].flag() if "reason_required" in f else True,
+        request_ttl=f["request_ttl"].duration() if "request_ttl" in f else ApprovalRule.request_ttl,
+    )
+    if not groups and rule.min_approvals > len(set(users)):
+        raise f["min_approvals"].error(f"cannot be met by the {len(set(users))} approver user(s) listed")
+    return rule
+
+
+def _policy(node: Node, seen: dict[str, int]) -> Policy:
+    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval")
+    f = node.fields(keys, required=("name", "subjects", "targets", "access"),
+                    unsupported=("guardrails", "masking"))
+    name = f["name"].name()
+    if name in seen:
+        raise f["name"].error(f"duplicate policy name {name!r} (first at line {seen[name]})")
+    seen[name] = f["name"].line
+    users, groups = _subjects(f["subjects"])
+    targets = _selector(f["targets"])
+    access = Access(f["access"].choice(a.value for a in Access))
+    if access is Access.APPROVAL and "approval" not in f:
+        raise ConfigError(node.file, node.key_line, f"{node.key}.approval", "required when access is approval")
+    if access is not Access.APPROVAL and "approval" in f:
+        raise f["approval"].error(f"allowed only when access is approval (access is {access.value})", at_key=True)
+    return Policy(
+        name=name,
+        subjects=Subjects(users=users, groups=groups),
+        targets=targets,
+        access=access,
+        port_forwarding=f["port_forwarding"].flag() if "port_forwarding" in f else False,
+        approval=_approval(f["approval"]) if "approval" in f else None,
+    )
+
+
+def _policies(node: Node) -> tuple[Policy, ...]:
+    seen: dict[str, int] = {}
+    return tuple(_policy(item, seen) for item in node.items())
