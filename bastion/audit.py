@@ -1,0 +1,289 @@
+"""The audit store: issuances, revocations, connections and hash-chained events.
+
+SQLite in WAL mode through sqlite-utils. Each event carries the hash of the one
+before it, so deleting or editing a row breaks the chain and ``bastion audit
+verify`` says where. Appends run in ``BEGIN IMMEDIATE`` so that the daemon and
+an admin CLI on the same host never fork the chain.
+
+``synchronous=NORMAL`` in WAL mode means a commit does not wait for fsync: a
+power loss can lose the last moments, never corrupt the chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import AuditError
+
+GENESIS = "0" * 64
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Event:
+    """One audit event as stored."""
+
+    id: int
+    ts: float
+    kind: str
+    user: str | None
+    source: str | None
+    target: str | None
+    session: str | None
+    rule: str | None
+    outcome: str | None
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The result of verifying the event chain."""
+
+    events: int
+    broken_at: int | None = None
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """What the CA recorded when it signed a certificate."""
+
+    serial: int
+    key_id: str
+    username: str
+    subject: str
+    issuer: str
+    email: str | None
+    groups: tuple[str, ...]
+    valid_after: int
+    valid_before: int
+    client_address: str | None
+    cert_sha256: str
+    key_fingerprint: str
+    issued_at: float = field(default=0.0)
+
+
+_EVENT_FIELDS = ("ts", "kind", "user", "source", "target", "session", "rule", "outcome", "detail")
+
+
+def _event_hash(prev_hash: str, row: dict[str, Any]) -> str:
+    canonical = json.dumps([prev_hash, *(row[k] for k in _EVENT_FIELDS)], separators=(",", ":"),
+                           sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class AuditStore:
+    """The narrow interface every part of the bastion writes evidence through."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot open audit store {path}: {e}") from e
+        self.path = path
+        self._conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._conn.close()
+
+    def _migrate(self) -> None:
+        db = self.db
+        db["events"].create({
+            "id": int, "ts": float, "kind": str, "user": str, "source": str, "target": str,
+            "session": str, "rule": str, "outcome": str, "detail": str,
+            "prev_hash": str, "hash": str,
+        }, pk="id", if_not_exists=True)
+        db["issuances"].create({
+            "serial": int, "key_id": str, "username": str, "subject": str, "issuer": str,
+            "email": str, "groups": str, "valid_after": int, "valid_before": int,
+            "client_address": str, "cert_sha256": str, "key_fingerprint": str, "issued_at": float,
+        }, pk="serial", if_not_exists=True)
+        db["revocations"].create({
+            "serial": int, "revoked_at": float, "revoked_by": str, "reason": str,
+        }, pk="serial", if_not_exists=True)
+        db["connections"].create({
+            "id": str, "user": str, "source": str, "started": float, "ended": float,
+            "outcome": str, "reason": str, "serial": int,
+        }, pk="id", if_not_exists=True)
+        for table, cols, unique in (
+            ("events", ["user"], False), ("events", ["ts"], False), ("events", ["kind"], False),
+            ("issuances", ["cert_sha256"], True), ("issuances", ["username"], False),
+            ("issuances", ["key_fingerprint"], False),
+            ("connections", ["user"], False),
+        ):
+            db[table].create_index(cols, unique=unique, if_not_exists=True)
+
+    # -- events --------------------------------------------------------------
+
+    def append(
+        self, kind: str, *, user: str | None = None, source: str | None = None,
+        target: str | None = None, session: str | None = None, rule: str | None = None,
+        outcome: str | None = None, ts: float | None = None, **detail: Any,
+    ) -> Event:
+        """Append one event to the chain and return it as stored."""
+        row: dict[str, Any] = {
+            "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
+            "source": source, "target": target, "session": session, "rule": rule,
+            "outcome": outcome,
+            "detail": json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str),
+        }
+        with self._immediate():
+            last = self._conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            row["prev_hash"] = last[0] if last else GENESIS
+            row["hash"] = _event_hash(row["prev_hash"], row)
+            cur = self._conn.execute(
+                f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        return _to_event({"id": cur.lastrowid, **row})
+
+    def events(
+        self, *, user: str | None = None, since: float | None = None, kinds: tuple[str, ...] = (),
+        session: str | None = None, limit: int | None = None,
+    ) -> list[Event]:
+        """Events matching every filter given, oldest first."""
+        where, args = [], []
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            args.extend(kinds)
+        if session is not None:
+            where.append("session = ?")
+            args.append(session)
+        sql = "SELECT * FROM events" + (f" WHERE {' AND '.join(where)}" if where else "")
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT {int(limit)})"
+        rows = self.db.query(sql + " ORDER BY id", args)
+        return [_to_event(r) for r in rows]
+
+    def verify_chain(self) -> ChainReport:
+        """Recompute every event's hash and link; report the first break."""
+        prev, count, expected_id = GENESIS, 0, None
+        for row in self.db.query("SELECT * FROM events ORDER BY id"):
+            count += 1
+            if expected_id is not None and row["id"] != expected_id:
+                return ChainReport(count, expected_id, f"event {expected_id} is missing")
+            if row["prev_hash"] != prev:
+                return ChainReport(count, row["id"], f"event {row['id']} does not link to the event before it")
+            if _event_hash(prev, row) != row["hash"]:
+                return ChainReport(count, row["id"], f"event {row['id']} was altered (hash mismatch)")
+            prev, expected_id = row["hash"], row["id"] + 1
+        return ChainReport(count)
+
+    # -- issuances and revocations --------------------------------------------
+
+    def record_issuance(self, issuance: Issuance) -> None:
+        """Store what the CA signed."""
+        record = {**issuance.__dict__, "groups": json.dumps(list(issuance.groups))}
+        self.db["issuances"].insert(record)
+
+    def issuance_by_cert(self, cert_sha256: str) -> Issuance | None:
+        """The issuance record of a certificate blob, or None if this bastion never issued it."""
+        rows = list(self.db.query("SELECT * FROM issuances WHERE cert_sha256 = ?", [cert_sha256]))
+        return _to_issuance(rows[0]) if rows else None
+
+    def knows_key(self, fingerprint: str) -> bool:
+        """True when this bastion ever certified the public key with this SHA256 fingerprint."""
+        rows = self.db.query("SELECT 1 FROM issuances WHERE key_fingerprint = ? LIMIT 1", [fingerprint])
+        return bool(list(rows))
+
+    def issuances(self, *, user: str | None = None) -> list[Issuance]:
+        """Issuance records, newest first."""
+        where = "WHERE username = ?" if user else ""
+        rows = self.db.query(f"SELECT * FROM issuances {where} ORDER BY issued_at DESC", [user] if user else [])
+        return [_to_issuance(r) for r in rows]
+
+    def revoke(self, serial: int, *, by: str, reason: str, now: float | None = None) -> None:
+        """Revoke a certificate serial (idempotent)."""
+        self.db["revocations"].upsert(
+            {"serial": serial, "revoked_at": time.time() if now is None else now,
+             "revoked_by": by, "reason": reason}, pk="serial")
+
+    def is_revoked(self, serial: int) -> bool:
+        """True when the serial is on the revocation list."""
+        return bool(list(self.db.query("SELECT 1 FROM revocations WHERE serial = ?", [serial])))
+
+    # -- connections ----------------------------------------------------------
+
+    def connection_opened(self, conn_id: str, source: str, now: float) -> None:
+        """Record a new TCP connection before authentication."""
+        self.db["connections"].insert({"id": conn_id, "source": source, "started": now, "outcome": "open"})
+
+    def connection_authenticated(self, conn_id: str, user: str, serial: int) -> None:
+        """Record who a connection authenticated as."""
+        self.db["connections"].update(conn_id, {"user": user, "serial": serial, "outcome": "authenticated"})
+
+    def connection_closed(self, conn_id: str, outcome: str, reason: str | None, now: float,
+                          user: str | None = None) -> None:
+        """Record how a connection ended: closed, refused, expired..."""
+        updates: dict[str, Any] = {"ended": now, "outcome": outcome, "reason": reason}
+        if user is not None:
+            updates["user"] = user
+        self.db["connections"].update(conn_id, updates)
+
+    def connections(self, *, user: str | None = None) -> list[dict[str, Any]]:
+        """Connection rows, newest first."""
+        where = "WHERE user = ?" if user else ""
+        return list(self.db.query(f"SELECT * FROM connections {where} ORDER BY started DESC",
+                                  [user] if user else []))
+
+    def _immediate(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _to_event(row: dict[str, Any]) -> Event:
+    return Event(
+        id=row["id"], ts=row["ts"], kind=row["kind"], user=row["user"], source=row["source"],
+        target=row["target"], session=row["session"], rule=row["rule"], outcome=row["outcome"],
+        detail=json.loads(row["detail"] or "{}"), prev_hash=row["prev_hash"], hash=row["hash"],
+    )
+
+
+def _to_issuance(row: dict[str, Any]) -> Issuance:
+    return Issuance(**{**row, "groups": tuple(json.loads(row["groups"] or "[]"))})
+
+
+def iter_json(events: list[Event]) -> Iterator[str]:
+    """Each event as one line of JSON, for ``bastion audit --json``."""
+    for e in events:
+        yield json.dumps(e.__dict__, sort_keys=True)

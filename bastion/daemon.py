@@ -1,0 +1,103 @@
+"""The bastion daemon: one process serving SSH and HTTP until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import asyncssh
+from aiohttp import web
+
+from .audit import AuditStore
+from .config import Config
+from .errors import StateError
+from .http import make_app
+from .keys import load_keys
+from .oidc import OidcVerifier
+from .runtime import Runtime
+from .server import start_ssh_server
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Owns the listeners and the runtime; ``start`` then ``stop``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.runtime: Runtime | None = None
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._http: web.AppRunner | None = None
+        self._verifier: OidcVerifier | None = None
+        self.http_port = 0
+
+    async def start(self) -> None:
+        """Load keys and the audit store, then listen for SSH and HTTP."""
+        config = self.config
+        keys = load_keys(config.state_dir, config.host_names)
+        store = AuditStore(config.state_dir / "audit.db")
+        runtime = self.runtime = Runtime(config=config, keys=keys, store=store)
+        self._verifier = OidcVerifier(config.identity.oidc, config.identity.machine_issuers)
+        try:
+            self._acceptor = await start_ssh_server(runtime)
+            runtime.ssh_port = self._acceptor.sockets[0].getsockname()[1]
+            self._http = web.AppRunner(make_app(runtime, self._verifier), access_log=None)
+            await self._http.setup()
+            site = web.TCPSite(self._http, config.listen.http.host, config.listen.http.port)
+            await site.start()
+        except OSError as e:
+            await self.stop()
+            raise StateError(f"cannot listen: {e.strerror or e}") from e
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else config.listen.http.port
+        store.append("daemon.started", ssh=f"{config.listen.ssh.host}:{runtime.ssh_port}",
+                     http=f"{config.listen.http.host}:{self.http_port}", pid=os.getpid())
+        log.info("listening: ssh %s:%d, http %s:%d", config.listen.ssh.host, runtime.ssh_port,
+                 config.listen.http.host, self.http_port)
+
+    async def stop(self) -> None:
+        """Stop listening, end open connections, close the store."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self._verifier is not None:
+            await self._verifier.close()
+            self._verifier = None
+        if self.runtime is not None:
+            self.runtime.store.append("daemon.stopped", pid=os.getpid())
+            self.runtime.store.close()
+            self.runtime = None
+
+    def write_ready_file(self, path: Path) -> None:
+        """Write the bound ports as JSON, for orchestration and tests that listen on port 0."""
+        assert self.runtime is not None
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"ssh_port": self.runtime.ssh_port, "http_port": self.http_port,
+                                   "pid": os.getpid()}))
+        os.replace(tmp, path)
+
+
+async def serve(config: Config, ready_file: Path | None = None) -> None:
+    """Run until SIGINT or SIGTERM."""
+    daemon = Daemon(config)
+    await daemon.start()
+    if ready_file is not None:
+        daemon.write_ready_file(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await daemon.stop()

@@ -1,0 +1,256 @@
+"""What an SSH session channel becomes: the interactive shell, or one command (exec).
+
+Every byte to the user goes through :meth:`BastionSession.send`, and every byte
+from the user arrives in :meth:`BastionSession.data_received`: the one place a
+recording tap attaches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import shlex
+from typing import TYPE_CHECKING, Any, cast
+
+import asyncssh
+from prompt_toolkit.application.current import AppSession, create_app_session
+from prompt_toolkit.data_structures import Size
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.input import PipeInput, create_pipe_input
+from prompt_toolkit.output.vt100 import Vt100_Output
+
+from policies.engine import decide
+from policies.model import Effect
+from shell import commands
+from shell.app import interact
+from shell.commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_USAGE, Result
+from shell.context import ConnectOutcome, TargetView
+
+if TYPE_CHECKING:
+    from .server import ConnectionHandler
+
+log = logging.getLogger(__name__)
+
+MAX_EXEC_COMMAND = 4096
+
+
+class _ChannelWriter:
+    """The file-like object Vt100_Output writes to: text in, CRLF-translated UTF-8 to the channel."""
+
+    def __init__(self, session: BastionSession) -> None:
+        self._session = session
+
+    def write(self, data: str) -> int:
+        self._session.send(data.replace("\n", "\r\n").encode("utf-8", "replace"))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+
+class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
+    """One session channel of an authenticated connection."""
+
+    def __init__(self, handler: ConnectionHandler) -> None:
+        assert handler.auth is not None
+        self.handler = handler
+        self.runtime = handler.runtime
+        self.auth = handler.auth
+        self.session_id = secrets.token_hex(8)
+        self.chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self.command: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._input: PipeInput | None = None
+        self._app_session: AppSession | None = None
+        self._counted = False
+
+    # -- asyncssh callbacks ----------------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self.chan = chan
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        if len(command) > MAX_EXEC_COMMAND:
+            return False
+        self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False  # sftp arrives with the file-transfer gateway
+
+    def session_started(self) -> None:
+        assert self.chan is not None
+        user = self.auth.identity.user
+        if not self.runtime.open_session(user):
+            limit = self.runtime.config.limits.sessions_per_user
+            self._finish(f"bastion: {user} already has {limit} open sessions; close one first.\r\n", 1)
+            return
+        self._counted = True
+        self.handler.session_listeners.add(self._notify)
+        self.runtime.store.append("session.started", user=user, source=self.handler.peer,
+                                  session=self.session_id, connection=self.handler.conn_id,
+                                  mode="exec" if self.command is not None else "shell")
+        runner = self._run_exec() if self.command is not None else self._run_shell()
+        self.task = asyncio.get_running_loop().create_task(runner)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._input is not None:
+            self._input.send_bytes(data)
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self._app_session is not None and self._app_session.app is not None:
+            self._app_session.app._on_resize()
+
+    def eof_received(self) -> bool:
+        if self._input is not None:
+            self._input.send_text("\x04")  # like Ctrl-D at the prompt
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.handler.session_listeners.discard(self._notify)
+        if self._counted:
+            self.runtime.close_session(self.auth.identity.user)
+            self.runtime.store.append("session.ended", user=self.auth.identity.user,
+                                      source=self.handler.peer, session=self.session_id)
+
+    # -- output ------------------------------------------------------------------
+
+    def send(self, data: bytes, *, stderr: bool = False) -> None:
+        """Write to the user. The single exit point for session output."""
+        if self.chan is None or self.chan.is_closing():
+            return
+        try:
+            self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass  # the channel went away; connection_lost will clean up
+
+    def _notify(self, message: str) -> None:
+        self.send(f"\r\n\x1b[1mbastion: {message}\x1b[0m\r\n".encode())
+
+    def _finish(self, message: str, status: int) -> None:
+        if message:
+            self.send(message.encode(), stderr=True)
+        if self.chan is not None and not self.chan.is_closing():
+            self.chan.exit(status)
+
+    # -- the two modes -------------------------------------------------------------
+
+    async def _run_shell(self) -> None:
+        assert self.chan is not None
+        if self.chan.get_terminal_type() is None:
+            self._finish("bastion: the shell needs a terminal. Use `ssh -t`, or run one command, "
+                         "for example `ssh bastion targets --json`.\r\n", EXIT_USAGE)
+            return
+        ctx = SessionContext(self)
+        output = Vt100_Output(cast(Any, _ChannelWriter(self)), self._size,
+                              term=self.chan.get_terminal_type(), enable_cpr=False)
+        status = 0
+        try:
+            with create_pipe_input() as pipe, create_app_session(input=pipe, output=output) as app_session:
+                self._input, self._app_session = pipe, app_session
+                await interact(ctx, self._history(), ctx.record)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug in the shell ends this one session, with a log line; the daemon stays up.
+            log.exception("shell session %s failed", self.session_id)
+            status = 1
+        finally:
+            self._input = None
+        self._finish("", status)
+
+    async def _run_exec(self) -> None:
+        assert self.command is not None
+        ctx = SessionContext(self)
+        result = await commands.run_line(ctx, self.command)
+        if result is None:
+            result = Result(EXIT_USAGE, error="no command given; try `help`")
+        ctx.record(self.command, result)
+        if result.data is not None and self._wants_json():
+            self.send((json.dumps(result.data, indent=2, sort_keys=True) + "\n").encode())
+        elif result.text:
+            self.send(result.text.encode())
+        self._finish(f"{result.error}\n" if result.error else "", result.code)
+
+    def _wants_json(self) -> bool:
+        assert self.command is not None
+        try:
+            return "--json" in shlex.split(self.command)
+        except ValueError:
+            return False
+
+    def _size(self) -> Size:
+        assert self.chan is not None
+        width, height, _, _ = self.chan.get_terminal_size()
+        return Size(rows=height or 24, columns=width or 80)
+
+    def _history(self) -> History:
+        directory = self.runtime.config.state_dir / "history"
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+            return FileHistory(str(directory / f"{self.auth.identity.user}.shell"))
+        except OSError as e:
+            log.warning("history unavailable for %s: %s", self.auth.identity.user, e)
+            return InMemoryHistory()
+
+
+class SessionContext:
+    """The :class:`shell.context.ShellContext` of one session, backed by the runtime."""
+
+    def __init__(self, session: BastionSession) -> None:
+        self._session = session
+        self._runtime = session.runtime
+        self.identity = session.auth.identity
+        self.bastion_name = self._runtime.config.host_names[0]
+        self.certificate_expires = float(session.auth.cert.valid_before)
+        self.certificate_serial = session.auth.cert.serial
+
+    def now(self) -> float:
+        return self._runtime.clock()
+
+    def targets(self) -> list[TargetView]:
+        configured = self._runtime.config.targets
+        return [TargetView(t.name, t.kind, d.effect.value, dict(t.labels), configured[t.name].description)
+                for t, d in self._runtime.visible_targets(self.identity)]
+
+    async def connect(self, name: str) -> ConnectOutcome:
+        configured = self._runtime.config.targets.get(name)
+        if configured is None:
+            return ConnectOutcome(EXIT_USAGE, f"no target named {name!r}; `targets` lists yours")
+        decision = decide(self._runtime.config.policies, self.identity, configured.target,
+                          "connect", self.now())
+        self._runtime.store.append(
+            "target.connect", user=self.identity.user, source=self._session.handler.peer,
+            target=name, session=self._session.session_id, rule=decision.rule,
+            outcome=decision.effect.value, reason=decision.reason)
+        if decision.effect is Effect.DENY:
+            # Same answer as for a name that does not exist would leak less, but people need the rule.
+            return ConnectOutcome(EXIT_DENIED, f"denied: {decision.reason}")
+        if decision.effect is Effect.APPROVAL:
+            return ConnectOutcome(EXIT_APPROVAL, f"{decision.reason}; access requests are not "
+                                  "available in this version of the bastion yet")
+        return ConnectOutcome(EXIT_UNAVAILABLE, f"{configured.kind} targets are not available in this "
+                              f"version of the bastion yet ({name} is allowed by policy {decision.rule})")
+
+    def record(self, line: str, result: Result) -> None:
+        """Write the audit event for one shell command."""
+        self._runtime.store.append(
+            "shell.command", user=self.identity.user, source=self._session.handler.peer,
+            session=self._session.session_id, outcome=str(result.code), command=line[:1024])

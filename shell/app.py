@@ -1,0 +1,115 @@
+"""The interactive bastion shell: prompt, highlighting, completion, toolbar, history.
+
+:func:`interact` runs inside a prompt_toolkit app session whose input and
+output the caller has bound to the SSH channel; it knows nothing of SSH.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import History
+from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.lexers import PygmentsLexer
+from prompt_toolkit.styles import Style, merge_styles, style_from_pygments_cls
+from pygments.styles import get_style_by_name
+
+from . import render
+from .commands import COMMANDS, Result, commands, run_line
+from .context import ShellContext
+from .lexer import command_lexer
+
+STYLE = Style.from_dict({
+    "prompt.user": "#5fd7ff bold",
+    "prompt.at": "#808080",
+    "prompt.host": "#87d787 bold",
+    "error": "#ff5f5f",
+    "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
+})
+
+
+class ShellCompleter(Completer):
+    """Completes command names, then target names for commands that take one."""
+
+    def __init__(self, ctx: ShellContext) -> None:
+        self.ctx = ctx
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        before = document.text_before_cursor
+        words = before.split()
+        if not words or (len(words) == 1 and not before.endswith(" ")):
+            prefix = words[0] if words else ""
+            for cmd in commands():
+                if cmd.name.startswith(prefix):
+                    yield Completion(cmd.name, -len(prefix), display_meta=cmd.summary)
+            return
+        cmd = COMMANDS.get(words[0])
+        if cmd is None or not cmd.completes_targets:
+            return
+        prefix = "" if before.endswith(" ") else words[-1]
+        if len(words) - (0 if before.endswith(" ") else 1) != 1:
+            return  # connect takes one target
+        for target in self.ctx.targets():
+            if target.name.startswith(prefix):
+                yield Completion(target.name, -len(prefix), display_meta=f"{target.kind}, {target.access}")
+
+
+def _prompt(ctx: ShellContext) -> FormattedText:
+    return FormattedText([("class:prompt.user", ctx.identity.user), ("class:prompt.at", "@"),
+                          ("class:prompt.host", ctx.bastion_name), ("", "> ")])
+
+
+def _toolbar(ctx: ShellContext) -> Callable[[], FormattedText]:
+    def text() -> FormattedText:
+        left = render.duration(ctx.certificate_expires - ctx.now())
+        groups = ",".join(sorted(ctx.identity.groups)) or "-"
+        return FormattedText([("class:bottom-toolbar",
+                               f" {ctx.identity.user} [{groups}]  certificate: {left} left  "
+                               "Tab completes  Ctrl-D leaves ")])
+    return text
+
+
+def build_session(ctx: ShellContext, history: History) -> PromptSession[str]:
+    """The PromptSession for one shell: every prompt-toolkit concern is wired here."""
+    bindings = KeyBindings()
+    lexer = command_lexer(sorted(COMMANDS))
+    style = merge_styles([style_from_pygments_cls(get_style_by_name("monokai")), STYLE])
+    return PromptSession(
+        message=lambda: _prompt(ctx), bottom_toolbar=_toolbar(ctx), completer=ShellCompleter(ctx),
+        complete_while_typing=False, history=history, lexer=PygmentsLexer(lexer), style=style,
+        key_bindings=bindings, enable_history_search=True, refresh_interval=30,
+    )
+
+
+def show(result: Result) -> None:
+    """Print a command's result in the current app session."""
+    if result.text:
+        print_formatted_text(result.text, end="")
+    if result.error:
+        print_formatted_text(FormattedText([("class:error", result.error + "\n")]), end="", style=STYLE)
+
+
+async def interact(ctx: ShellContext, history: History, record: Callable[[str, Result], None]) -> None:
+    """Run the shell until ``exit``, Ctrl-D or the channel closes."""
+    session = build_session(ctx, history)
+    print_formatted_text(
+        f"Welcome to {ctx.bastion_name}, {ctx.identity.user}. Type `help` for the commands, "
+        "`targets` to see where you can go.")
+    while True:
+        try:
+            line = await session.prompt_async()
+        except KeyboardInterrupt:
+            continue
+        except EOFError:
+            break
+        result = await run_line(ctx, line)
+        if result is None:
+            continue
+        record(line, result)
+        show(result)
+        if result.leave:
+            break

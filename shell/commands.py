@@ -1,0 +1,169 @@
+"""The shell's commands, registered with a decorator.
+
+Help text, completion and dispatch all come from one table. Each command is a
+coroutine ``(ctx, args) -> Result``; the caller decides how to show the result
+(text for people, JSON for ``--json``), so the interactive shell and one-shot
+``ssh bastion COMMAND`` behave the same.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import render
+from .context import ShellContext
+
+# Exit codes of one-shot commands (documented in docs/shell.md).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DENIED = 3
+EXIT_APPROVAL = 4
+EXIT_UNAVAILABLE = 5
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a command produced: an exit code, text for people, data for ``--json``."""
+
+    code: int = EXIT_OK
+    text: str = ""
+    data: Any = None
+    error: str = ""
+    leave: bool = False  # the shell should end (``exit``)
+
+
+@dataclass(frozen=True)
+class Args:
+    """A command's parsed arguments."""
+
+    positional: tuple[str, ...] = ()
+    json: bool = False
+
+
+Handler = Callable[[ShellContext, Args], Awaitable[Result]]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One registered command."""
+
+    name: str
+    usage: str
+    summary: str
+    handler: Handler
+    max_args: int = 0
+    min_args: int = 0
+    json: bool = False  # accepts --json
+    completes_targets: bool = False
+    aliases: tuple[str, ...] = field(default=())
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, usage: str, summary: str, *, min_args: int = 0, max_args: int = 0,
+    json: bool = False, completes_targets: bool = False, aliases: tuple[str, ...] = (),
+) -> Callable[[Handler], Handler]:
+    """Register a shell command."""
+
+    def register(handler: Handler) -> Handler:
+        cmd = Command(name, usage, summary, handler, max_args, min_args, json, completes_targets, aliases)
+        for key in (name, *aliases):
+            COMMANDS[key] = cmd
+        return handler
+
+    return register
+
+
+def commands() -> list[Command]:
+    """The registered commands, each once, in name order."""
+    return sorted({c.name: c for c in COMMANDS.values()}.values(), key=lambda c: c.name)
+
+
+def parse(line: str) -> tuple[Command, Args] | Result | None:
+    """Parse one input line: a command and its args, a usage error, or None for a blank line."""
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        return Result(EXIT_USAGE, error=f"cannot parse the line: {e}")
+    if not words:
+        return None
+    cmd = COMMANDS.get(words[0])
+    if cmd is None:
+        return Result(EXIT_USAGE, error=f"unknown command {words[0]!r}; type `help` to see the commands")
+    as_json = "--json" in words[1:]
+    positional = tuple(w for w in words[1:] if w != "--json")
+    if as_json and not cmd.json:
+        return Result(EXIT_USAGE, error=f"{cmd.name} has no --json option; usage: {cmd.usage}")
+    unknown = [w for w in positional if w.startswith("--")]
+    if unknown:
+        return Result(EXIT_USAGE, error=f"unknown option {unknown[0]}; usage: {cmd.usage}")
+    if not cmd.min_args <= len(positional) <= cmd.max_args:
+        return Result(EXIT_USAGE, error=f"usage: {cmd.usage}")
+    return cmd, Args(positional, as_json)
+
+
+async def run_line(ctx: ShellContext, line: str) -> Result | None:
+    """Parse and run one line. None for a blank line."""
+    parsed = parse(line)
+    if parsed is None or isinstance(parsed, Result):
+        return parsed
+    cmd, args = parsed
+    return await cmd.handler(ctx, args)
+
+
+# -- the commands --------------------------------------------------------------
+
+
+@command("help", "help [COMMAND]", "Show the commands, or one command's usage.", max_args=1, aliases=("?",))
+async def _help(ctx: ShellContext, args: Args) -> Result:
+    if args.positional:
+        cmd = COMMANDS.get(args.positional[0])
+        if cmd is None:
+            return Result(EXIT_USAGE, error=f"unknown command {args.positional[0]!r}")
+        return Result(text=f"{cmd.usage}\n  {cmd.summary}\n")
+    rows = [(c.usage, c.summary) for c in commands()]
+    return Result(text=render.table(("COMMAND", "WHAT IT DOES"), rows))
+
+
+@command("targets", "targets [--json]", "List the targets you may reach, with kind, labels and access.", json=True)
+async def _targets(ctx: ShellContext, args: Args) -> Result:
+    views = ctx.targets()
+    data = [{"name": t.name, "kind": t.kind, "labels": t.labels, "access": t.access,
+             "description": t.description} for t in views]
+    rows = [(t.name, t.kind, t.access, render.labels(t.labels), t.description) for t in views]
+    return Result(text=render.table(("NAME", "KIND", "ACCESS", "LABELS", "DESCRIPTION"), rows), data=data)
+
+
+@command("whoami", "whoami [--json]", "Show your identity, groups and when your certificate expires.", json=True)
+async def _whoami(ctx: ShellContext, args: Args) -> Result:
+    groups = sorted(ctx.identity.groups)
+    left = ctx.certificate_expires - ctx.now()
+    data = {"user": ctx.identity.user, "groups": groups, "bastion": ctx.bastion_name,
+            "certificate": {"serial": ctx.certificate_serial,
+                            "valid_before": render.iso(ctx.certificate_expires),
+                            "seconds_left": int(max(0, left))}}
+    text = (f"user:        {ctx.identity.user}\n"
+            f"groups:      {', '.join(groups) or '-'}\n"
+            f"certificate: serial {ctx.certificate_serial}, valid until "
+            f"{render.utc(ctx.certificate_expires)} ({render.duration(left)} left)\n")
+    return Result(text=text, data=data)
+
+
+@command("connect", "connect TARGET", "Open a console on a target, if policy allows it.",
+         min_args=1, max_args=1, completes_targets=True)
+async def _connect(ctx: ShellContext, args: Args) -> Result:
+    outcome = await ctx.connect(args.positional[0])
+    if outcome.code == EXIT_OK:
+        return Result(text=outcome.message)
+    return Result(outcome.code, error=outcome.message)
+
+
+@command("exit", "exit", "Leave the bastion.", aliases=("quit", "logout"))
+async def _exit(ctx: ShellContext, args: Args) -> Result:
+    return Result(leave=True)

@@ -1,0 +1,48 @@
+"""What the shell needs from the bastion, as a protocol: the shell never imports ``bastion``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from policies.model import Identity
+
+
+@dataclass(frozen=True)
+class TargetView:
+    """A target as this identity may see it."""
+
+    name: str
+    kind: str
+    access: str  # "allow" or "approval"
+    labels: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ConnectOutcome:
+    """What ``connect`` led to: an exit code and what to tell the user."""
+
+    code: int
+    message: str
+
+
+class ShellContext(Protocol):
+    """The session a command runs in."""
+
+    identity: Identity
+    bastion_name: str
+    certificate_expires: float  # epoch seconds
+    certificate_serial: int
+
+    def targets(self) -> list[TargetView]:
+        """The targets policy shows this identity."""
+        ...
+
+    async def connect(self, name: str) -> ConnectOutcome:
+        """Ask policy, then open the target's console if allowed."""
+        ...
+
+    def now(self) -> float:
+        """The current time (the bastion's clock)."""
+        ...

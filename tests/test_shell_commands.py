@@ -1,0 +1,85 @@
+"""The shell's command table: parsing, usage errors, and the output of each command."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from policies.model import Identity
+from shell.commands import EXIT_DENIED, EXIT_OK, EXIT_USAGE, COMMANDS, commands, parse, run_line
+from shell.context import ConnectOutcome, TargetView
+
+
+class FakeContext:
+    """A hand-written ShellContext: the commands are pure over it."""
+
+    identity = Identity("alice", frozenset({"dev", "ops"}))
+    bastion_name = "bastion.test"
+    certificate_expires = 1_800_003_600.0
+    certificate_serial = 99
+
+    def now(self) -> float:
+        return 1_800_000_000.0
+
+    def targets(self) -> list[TargetView]:
+        return [TargetView("pg-demo", "postgres", "allow", {"env": "demo"}, "demo db"),
+                TargetView("pg-prod", "postgres", "approval", {"env": "prod"})]
+
+    async def connect(self, name: str) -> ConnectOutcome:
+        return ConnectOutcome(EXIT_DENIED, f"denied: {name}")
+
+
+def run(line: str):  # type: ignore[no-untyped-def]
+    return asyncio.run(run_line(FakeContext(), line))
+
+
+def test_every_command_has_usage_and_summary() -> None:
+    for cmd in commands():
+        assert cmd.usage.startswith(cmd.name) and cmd.summary.endswith(".")
+
+
+def test_help_lists_every_command() -> None:
+    text = run("help").text
+    for cmd in commands():
+        assert cmd.usage in text
+
+
+def test_targets_json_and_text() -> None:
+    result = run("targets --json")
+    assert result.code == EXIT_OK
+    assert [t["name"] for t in result.data] == ["pg-demo", "pg-prod"]
+    assert result.data[1] == {"name": "pg-prod", "kind": "postgres", "labels": {"env": "prod"},
+                              "access": "approval", "description": ""}
+    assert "pg-demo  postgres  allow     env=demo  demo db" in run("targets").text
+
+
+def test_whoami() -> None:
+    result = run("whoami --json")
+    assert result.data["user"] == "alice" and result.data["groups"] == ["dev", "ops"]
+    assert result.data["certificate"] == {"serial": 99, "valid_before": "2027-01-15T09:00:00Z",
+                                          "seconds_left": 3600}
+    assert "1h00m left" in run("whoami").text
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("rm -rf /", "unknown command 'rm'"),
+    ("targets --all", "unknown option --all"),
+    ("connect", "usage: connect TARGET"),
+    ("connect a b", "usage: connect TARGET"),
+    ("help --json", "has no --json option"),
+    ("whoami 'unbalanced", "cannot parse"),
+])
+def test_usage_errors(line: str, message: str) -> None:
+    result = run(line)
+    assert result.code == EXIT_USAGE and message in result.error
+
+
+def test_connect_passes_the_context_outcome() -> None:
+    result = run("connect pg-prod")
+    assert (result.code, result.error) == (EXIT_DENIED, "denied: pg-prod")
+
+
+def test_blank_line_and_exit() -> None:
+    assert parse("   ") is None
+    assert run("exit").leave and COMMANDS["quit"] is COMMANDS["exit"]
