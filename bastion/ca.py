@@ -33,9 +33,9 @@ class IssuedCertificate:
 
 
 def effective_ttl(policy: CertificatePolicy, requested: float | None) -> float:
-    """The TTL to sign: the request or the default, never above max, never below a minute."""
+    """The TTL to sign: the request or the default, never above max, and at least a minute when max allows."""
     ttl = policy.default_ttl if requested is None else requested
-    return max(60.0, min(ttl, policy.max_ttl))
+    return max(min(60.0, policy.max_ttl), min(ttl, policy.max_ttl))
 
 
 def parse_user_key(public_key: str) -> asyncssh.SSHKey:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from pygments.lexer import RegexLexer, bygroups
 from pygments.token import Keyword, Name, Operator, String, Text, Whitespace
 
 
 def command_lexer(command_names: list[str]) -> type[RegexLexer]:
     """A lexer class highlighting the given command names, options, quoted strings and words."""
-    words = "|".join(sorted(command_names, key=len, reverse=True))
+    words = "|".join(re.escape(n) for n in sorted(command_names, key=len, reverse=True))
 
     class BastionLexer(RegexLexer):
         name = "bastion"

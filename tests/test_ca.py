@@ -22,6 +22,7 @@ NOW = 1_800_000_000.0
 def test_ttl_never_above_max_whatever_is_requested(requested: float | None) -> None:
     ttl = effective_ttl(POLICY, requested)
     assert 60 <= ttl <= POLICY.max_ttl
+    assert effective_ttl(CertificatePolicy(default_ttl=2, max_ttl=5), requested) <= 5
 
 
 @pytest.mark.parametrize(("requested", "expected"), [(None, 3600), (600, 600), (10**9, 8 * 3600), (1, 60)])
