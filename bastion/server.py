@@ -25,7 +25,7 @@ from policies.model import Identity
 from .audit import Issuance
 from .errors import CertificateError
 from .runtime import Runtime
-from .sshcert import USER_CERT, CertInfo, parse_certificate
+from .sshcert import USER_CERT, CertInfo, fingerprint, parse_certificate
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ SIGNATURE_ALGS = ["ssh-ed25519", "sk-ssh-ed25519@openssh.com", "ecdsa-sha2-nistp
                   "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                   "sk-ecdsa-sha2-nistp256@openssh.com", "rsa-sha2-512", "rsa-sha2-256"]
 
+DISCONNECT_GRACE = 0.5  # seconds between ending the sessions and dropping the connection
 LOGIN_HINT = "Run `bastion login` to get a short-lived certificate, then connect again."
 
 
@@ -111,7 +112,7 @@ class ConnectionHandler(asyncssh.SSHServer):
         self._attempts = 0
         self._expiry: asyncio.TimerHandle | None = None
         self._closing_reason: tuple[str, str] | None = None  # (outcome, reason) set by us
-        self.session_listeners: set[Callable[[str], None]] = set()  # notified before we disconnect
+        self.session_listeners: set[Callable[[str], None]] = set()  # each ends one session
 
     # -- connection lifecycle ------------------------------------------------
 
@@ -127,7 +128,13 @@ class ConnectionHandler(asyncssh.SSHServer):
         original = conn.validate_public_key
 
         async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
-            return await self._validate_key(original, username, key_data, msg, signature)
+            try:
+                return await self._validate_key(original, username, key_data, msg, signature)
+            except Exception:
+                # A bug here must refuse the key, visibly, not drop the connection silently.
+                self.log.exception("key validation failed")
+                self._refuse("internal error while checking the key")
+                return False
 
         conn.validate_public_key = validate  # type: ignore[method-assign]
 
@@ -207,13 +214,9 @@ class ConnectionHandler(asyncssh.SSHServer):
 
     def _refuse_plain_key(self, key_data: bytes) -> None:
         reason = "plain public keys are not accepted"
-        try:
-            fingerprint = asyncssh.import_public_key(key_data).get_fingerprint("sha256")
-        except (asyncssh.KeyImportError, ValueError):
-            fingerprint = None
         # OpenSSH offers a key before its certificate: when we certified this key, the
         # certificate is probably next, so a hint now would only confuse a good login.
-        if fingerprint is not None and self.runtime.store.knows_key(fingerprint):
+        if self.runtime.store.knows_key(fingerprint(key_data)):
             self.refusals.append(reason)
             return
         self._refuse(f"{reason}. {LOGIN_HINT}")
@@ -247,12 +250,18 @@ class ConnectionHandler(asyncssh.SSHServer):
         self.end("expired", reason, user_message=f"your {reason}. {LOGIN_HINT}")
 
     def end(self, outcome: str, reason: str, *, user_message: str) -> None:
-        """Tell every session on this connection why, then disconnect it."""
+        """End every session on this connection with a message, then disconnect it.
+
+        Sessions are closed first because OpenSSH exits on a disconnect without
+        printing channel output it has already received.
+        """
         self._closing_reason = (outcome, reason)
-        for listener in list(self.session_listeners):
-            listener(user_message)
+        for end_session in list(self.session_listeners):
+            end_session(user_message)
         assert self.conn is not None
-        self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason)
+        conn = self.conn
+        asyncio.get_running_loop().call_later(
+            DISCONNECT_GRACE, conn.disconnect, asyncssh.DISC_BY_APPLICATION, reason)
 
     def session_requested(self) -> asyncssh.SSHServerSession:
         from .session import BastionSession  # session imports this module's types

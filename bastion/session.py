@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXEC_COMMAND = 4096
+EXIT_ENDED_BY_BASTION = 255  # what OpenSSH itself returns when a connection fails
 
 
 class _ChannelWriter:
@@ -101,7 +102,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self._finish(f"bastion: {user} already has {limit} open sessions; close one first.\r\n", 1)
             return
         self._counted = True
-        self.handler.session_listeners.add(self._notify)
+        self.handler.session_listeners.add(self.end)
         self.runtime.store.append("session.started", user=user, source=self.handler.peer,
                                   session=self.session_id, connection=self.handler.conn_id,
                                   mode="exec" if self.command is not None else "shell")
@@ -124,7 +125,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
     def connection_lost(self, exc: Exception | None) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        self.handler.session_listeners.discard(self._notify)
+        self.handler.session_listeners.discard(self.end)
         if self._counted:
             self.runtime.close_session(self.auth.identity.user)
             self.runtime.store.append("session.ended", user=self.auth.identity.user,
@@ -141,8 +142,10 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass  # the channel went away; connection_lost will clean up
 
-    def _notify(self, message: str) -> None:
+    def end(self, message: str) -> None:
+        """End this session from the bastion's side, telling the user why."""
         self.send(f"\r\n\x1b[1mbastion: {message}\x1b[0m\r\n".encode())
+        self._finish("", EXIT_ENDED_BY_BASTION)
 
     def _finish(self, message: str, status: int) -> None:
         if message:
@@ -159,8 +162,11 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
                          "for example `ssh bastion targets --json`.\r\n", EXIT_USAGE)
             return
         ctx = SessionContext(self)
+        # Cursor-position reports let prompt_toolkit size the toolbar; a client that cannot
+        # answer them (a test harness, some serial consoles) says so with PROMPT_TOOLKIT_NO_CPR=1.
+        enable_cpr = self.chan.get_environment().get("PROMPT_TOOLKIT_NO_CPR") != "1"
         output = Vt100_Output(cast(Any, _ChannelWriter(self)), self._size,
-                              term=self.chan.get_terminal_type(), enable_cpr=False)
+                              term=self.chan.get_terminal_type(), enable_cpr=enable_cpr)
         status = 0
         try:
             with create_pipe_input() as pipe, create_app_session(input=pipe, output=output) as app_session:

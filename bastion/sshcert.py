@@ -7,6 +7,7 @@ blob itself so it can refuse with a reason and find the issuance record.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -56,6 +57,12 @@ class CertInfo:
             return ()
         value, _ = _read_string(raw, 0)
         return tuple(a.strip() for a in value.decode().split(",") if a.strip())
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """The OpenSSH ``SHA256:…`` fingerprint of a public key's wire blob."""
+    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
 
 
 def _read_string(data: bytes, offset: int) -> tuple[bytes, int]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bastion.errors import CertificateError
 from bastion.server import check_certificate
-from bastion.sshcert import HOST_CERT, USER_CERT, parse_certificate
+from bastion.sshcert import HOST_CERT, USER_CERT, fingerprint, parse_certificate
 
 CA = asyncssh.generate_private_key("ssh-ed25519")
 USER = asyncssh.generate_private_key("ssh-ed25519")
@@ -38,6 +38,10 @@ def test_parses_fields_of_real_certificates(alg: str) -> None:
     assert info.source_addresses == ("10.0.0.0/8", "127.0.0.1/32")
     assert "permit-pty" in info.extensions and "permit-port-forwarding" not in info.extensions
     assert info.signature_key == CA.public_data
+
+
+def test_fingerprint_matches_openssh_and_asyncssh() -> None:
+    assert fingerprint(USER.public_data) == USER.get_fingerprint("sha256")
 
 
 def test_host_certificate_type() -> None:

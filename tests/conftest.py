@@ -1,0 +1,16 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from oidc_issuer import OidcIssuer
+
+
+@pytest.fixture(scope="session")
+def oidc_issuer() -> Iterator[OidcIssuer]:
+    """A real development OIDC issuer on loopback, shared by the whole session."""
+    with OidcIssuer() as issuer:
+        yield issuer
