@@ -147,7 +147,8 @@ class AuditStore:
             "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
             "source": source, "target": target, "session": session, "rule": rule,
             "outcome": outcome,
-            "detail": json.dumps(detail, sort_keys=True, separators=(",", ":"), default=str),
+            "detail": json.dumps({k: v for k, v in detail.items() if v is not None},
+                                 sort_keys=True, separators=(",", ":"), default=str),
         }
         with self._immediate():
             last = self._conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()

@@ -114,7 +114,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return 0
         for e in events:
             when = datetime.fromtimestamp(e.ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            detail = " ".join(f"{k}={v}" for k, v in e.detail.items())
+            detail = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in e.detail.items())
             print(f"{when}  {e.kind:<26} {e.user or '-':<12} {e.source or '-':<15} "
                   f"{e.target or '-':<10} {e.outcome or '-':<8} {detail}".rstrip())
         return 0

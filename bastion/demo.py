@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -27,7 +28,10 @@ log = logging.getLogger(__name__)
 def _self_command() -> str:
     """How the user invoked us, so pasted commands work from the same directory."""
     argv0 = sys.argv[0]
-    return os.path.relpath(argv0) if os.sep in argv0 else "bastion"
+    on_path = shutil.which("bastion")
+    if os.sep not in argv0 or (on_path and os.path.samefile(on_path, argv0)):
+        return "bastion"
+    return os.path.relpath(argv0)
 
 
 def instructions(directory: Path, issuer: str, http_url: str, ssh_port: int) -> str:

@@ -1,0 +1,65 @@
+"""The README's first command: `bastion demo`, followed line by line as a newcomer would."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import requests
+
+from peers import BIN
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    ports = [str(_free_port()) for _ in range(3)]
+    demo = subprocess.Popen(
+        ["bastion", "demo", "--dir", "demo", "--ssh-port", ports[0], "--http-port", ports[1], "--idp-port", ports[2]],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout or []], daemon=True).start()
+    try:
+        printed = []
+        while "audit -c" not in "".join(printed):
+            printed.append(lines.get(timeout=30))
+        text = "".join(printed)
+        assert "DEVELOPMENT ONLY" in text
+        commands = [line.strip() for line in printed if line.startswith("   ") and
+                    re.match(r"\s+(bastion|ssh) ", line)]
+        login_cmd, ssh_cmd, audit_cmd = commands
+
+        login = subprocess.Popen(shlex.split(login_cmd), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        assert login.stdout is not None
+        url = next(line.strip() for line in login.stdout if line.startswith("http"))
+        code = parse_qs(urlparse(url).query)["user_code"][0]
+        requests.post(url.split("?")[0], timeout=10,
+                      data={"user_code": code, "username": "alice", "groups": ["dev"], "action": "approve"})
+        assert login.wait(30) == 0
+
+        ssh = subprocess.run([*shlex.split(ssh_cmd), "whoami", "--json"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert ssh.returncode == 0, ssh.stderr
+        assert json.loads(ssh.stdout)["groups"] == ["dev"]
+
+        audit = subprocess.run(shlex.split(audit_cmd), cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert "certificate.issued" in audit.stdout and "connection.authenticated" in audit.stdout
+        assert "alice" in audit.stdout
+    finally:
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(15) == 0
