@@ -263,6 +263,24 @@ class ConnectionHandler(asyncssh.SSHServer):
         asyncio.get_running_loop().call_later(
             DISCONNECT_GRACE, conn.disconnect, asyncssh.DISC_BY_APPLICATION, reason)
 
+    # -- forwarding: refused explicitly, so the invariant does not rest on library defaults --
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        user = self.auth.identity.user if self.auth else None
+        self.runtime.store.append("forward.refused", user=user, source=self.peer, session=self.conn_id,
+                                  outcome="deny", destination=f"{dest_host}:{dest_port}")
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                        "port forwarding is not available on this bastion yet")
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        return False  # remote forwarding would open listeners on the bastion: never
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        return False
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
     def session_requested(self) -> asyncssh.SSHServerSession:
         from .session import BastionSession  # session imports this module's types
 
