@@ -110,20 +110,20 @@ class AuditStore:
 
     def _migrate(self) -> None:
         db = self.db
-        db["events"].create({
+        db.table("events").create({
             "id": int, "ts": float, "kind": str, "user": str, "source": str, "target": str,
             "session": str, "rule": str, "outcome": str, "detail": str,
             "prev_hash": str, "hash": str,
         }, pk="id", if_not_exists=True)
-        db["issuances"].create({
+        db.table("issuances").create({
             "serial": int, "key_id": str, "username": str, "subject": str, "issuer": str,
             "email": str, "groups": str, "valid_after": int, "valid_before": int,
             "client_address": str, "cert_sha256": str, "key_fingerprint": str, "issued_at": float,
         }, pk="serial", if_not_exists=True)
-        db["revocations"].create({
+        db.table("revocations").create({
             "serial": int, "revoked_at": float, "revoked_by": str, "reason": str,
         }, pk="serial", if_not_exists=True)
-        db["connections"].create({
+        db.table("connections").create({
             "id": str, "user": str, "source": str, "started": float, "ended": float,
             "outcome": str, "reason": str, "serial": int,
         }, pk="id", if_not_exists=True)
@@ -133,7 +133,7 @@ class AuditStore:
             ("issuances", ["key_fingerprint"], False),
             ("connections", ["user"], False),
         ):
-            db[table].create_index(cols, unique=unique, if_not_exists=True)
+            db.table(table).create_index(cols, unique=unique, if_not_exists=True)
 
     # -- events --------------------------------------------------------------
 
@@ -165,7 +165,8 @@ class AuditStore:
         session: str | None = None, limit: int | None = None,
     ) -> list[Event]:
         """Events matching every filter given, oldest first."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if user is not None:
             where.append("user = ?")
             args.append(user)
@@ -203,7 +204,7 @@ class AuditStore:
     def record_issuance(self, issuance: Issuance) -> None:
         """Store what the CA signed."""
         record = {**issuance.__dict__, "groups": json.dumps(list(issuance.groups))}
-        self.db["issuances"].insert(record)
+        self.db.table("issuances").insert(record)
 
     def issuance_by_cert(self, cert_sha256: str) -> Issuance | None:
         """The issuance record of a certificate blob, or None if this bastion never issued it."""
@@ -223,7 +224,7 @@ class AuditStore:
 
     def revoke(self, serial: int, *, by: str, reason: str, now: float | None = None) -> None:
         """Revoke a certificate serial (idempotent)."""
-        self.db["revocations"].upsert(
+        self.db.table("revocations").upsert(
             {"serial": serial, "revoked_at": time.time() if now is None else now,
              "revoked_by": by, "reason": reason}, pk="serial")
 
@@ -235,11 +236,11 @@ class AuditStore:
 
     def connection_opened(self, conn_id: str, source: str, now: float) -> None:
         """Record a new TCP connection before authentication."""
-        self.db["connections"].insert({"id": conn_id, "source": source, "started": now, "outcome": "open"})
+        self.db.table("connections").insert({"id": conn_id, "source": source, "started": now, "outcome": "open"})
 
     def connection_authenticated(self, conn_id: str, user: str, serial: int) -> None:
         """Record who a connection authenticated as."""
-        self.db["connections"].update(conn_id, {"user": user, "serial": serial, "outcome": "authenticated"})
+        self.db.table("connections").update(conn_id, {"user": user, "serial": serial, "outcome": "authenticated"})
 
     def connection_closed(self, conn_id: str, outcome: str, reason: str | None, now: float,
                           user: str | None = None) -> None:
@@ -247,7 +248,7 @@ class AuditStore:
         updates: dict[str, Any] = {"ended": now, "outcome": outcome, "reason": reason}
         if user is not None:
             updates["user"] = user
-        self.db["connections"].update(conn_id, updates)
+        self.db.table("connections").update(conn_id, updates)
 
     def connections(self, *, user: str | None = None) -> list[dict[str, Any]]:
         """Connection rows, newest first."""

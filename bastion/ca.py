@@ -49,7 +49,7 @@ def parse_user_key(public_key: str) -> asyncssh.SSHKey:
     algorithm = key.get_algorithm()
     if algorithm not in ALLOWED_KEY_TYPES:
         raise CertificateError(f"key type {algorithm} is not accepted; use ssh-ed25519")
-    if algorithm == "ssh-rsa" and key.pyca_key.key_size < MIN_RSA_BITS:  # type: ignore[attr-defined]
+    if algorithm == "ssh-rsa" and getattr(key.pyca_key, "key_size", 0) < MIN_RSA_BITS:
         raise CertificateError(f"RSA keys need at least {MIN_RSA_BITS} bits; use ssh-ed25519")
     return key
 

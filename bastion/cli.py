@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
@@ -44,8 +44,13 @@ def _since(text: str, now: float) -> float:
     except ValueError:
         raise BastionError(f"--since {text!r}: expected a duration such as 2h or a date such as 2026-11-29") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+def _show(value: object) -> str:
+    """A detail value as the audit listing prints it: strings bare, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 # -- commands ------------------------------------------------------------------
@@ -113,8 +118,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 print(line)
             return 0
         for e in events:
-            when = datetime.fromtimestamp(e.ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            detail = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in e.detail.items())
+            when = datetime.fromtimestamp(e.ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            detail = " ".join(f"{k}={_show(v)}" for k, v in e.detail.items())
             print(f"{when}  {e.kind:<26} {e.user or '-':<12} {e.source or '-':<15} "
                   f"{e.target or '-':<10} {e.outcome or '-':<8} {detail}".rstrip())
         return 0
@@ -163,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-listen", default="127.0.0.1:2222", metavar="HOST:PORT", help="SSH listen address")
     p.add_argument("--http-listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="HTTP listen address")
 
-    _with_config(add("check-config", cmd_check_config, "Validate a config file and report every problem with file:line."))
+    _with_config(add("check-config", cmd_check_config,
+                     "Validate a config file and report the first problem with file:line."))
 
     p = add("serve", cmd_serve, "Run the bastion daemon (SSH and HTTP listeners).")
     _with_config(p)

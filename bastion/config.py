@@ -214,7 +214,7 @@ def _listen(node: Node) -> Listen:
 
 def _algorithms(node: Node) -> tuple[str, ...]:
     algorithms = node.names(non_empty=True)
-    for item, alg in zip(node.items(), algorithms):
+    for item, alg in zip(node.items(), algorithms, strict=True):
         if alg.lower() == "none" or alg.upper().startswith("HS"):
             raise item.error(f"{alg} is refused: tokens must be signed with the issuer's public key")
         if alg not in _SIGNING_ALGORITHMS:

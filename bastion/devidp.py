@@ -187,7 +187,7 @@ class DevIdentityProvider:
         claims: dict[str, Any],
         *,
         alg: str = "RS256",
-        kid: str | None | _Default = CURRENT_KEY,
+        kid: str | _Default | None = CURRENT_KEY,
         key: object | None = None,
         headers: dict[str, Any] | None = None,
     ) -> str:

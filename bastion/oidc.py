@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,7 +94,7 @@ def _show_alg(alg: str) -> str:
 
 def _when(seconds: float) -> str:
     try:
-        moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+        moment = datetime.fromtimestamp(seconds, tz=UTC)
         return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return "a time out of range"
@@ -259,7 +259,7 @@ class OidcVerifier:
                 if resp.status != 200:
                     raise TokenError(f"the identity provider at {url} answered HTTP {resp.status}")
                 body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
-        except asyncio.TimeoutError as e:
+        except TimeoutError as e:
             raise TokenError(f"could not reach the identity provider at {url}: "
                              f"no answer within {FETCH_TIMEOUT:g} s") from e
         except aiohttp.ClientError as e:

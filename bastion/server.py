@@ -15,7 +15,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -56,7 +56,7 @@ class Authenticated:
 
 
 def _utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def check_certificate(
@@ -144,6 +144,7 @@ class ConnectionHandler(asyncssh.SSHServer):
             self._expiry.cancel()
         now = self.runtime.clock()
         user = self.auth.identity.user if self.auth else None
+        reason: str | None
         if self.auth is None:
             reason = "; ".join(dict.fromkeys(self.refusals)) or "no certificate was offered"
             outcome = "refused"
@@ -313,5 +314,5 @@ def server_options(runtime: Runtime) -> dict[str, Any]:
 async def start_ssh_server(runtime: Runtime) -> asyncssh.SSHAcceptor:
     """Listen for SSH on the configured address."""
     listen = runtime.config.listen.ssh
-
-    return await asyncssh.create_server(lambda: ConnectionHandler(runtime), listen.host, listen.port, **server_options(runtime))
+    return await asyncssh.create_server(lambda: ConnectionHandler(runtime), listen.host, listen.port,
+                                        **server_options(runtime))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Access(str, Enum):
+class Access(StrEnum):
     """How a policy lets its subjects reach its targets."""
 
     ALLOW = "allow"
@@ -19,7 +19,7 @@ class Access(str, Enum):
     DENY = "deny"
 
 
-class Effect(str, Enum):
+class Effect(StrEnum):
     """The outcome of one decision."""
 
     ALLOW = "allow"

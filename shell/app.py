@@ -43,9 +43,9 @@ class ShellCompleter(Completer):
         words = before.split()
         if not words or (len(words) == 1 and not before.endswith(" ")):
             prefix = words[0] if words else ""
-            for cmd in commands():
-                if cmd.name.startswith(prefix):
-                    yield Completion(cmd.name, -len(prefix), display_meta=cmd.summary)
+            for candidate in commands():
+                if candidate.name.startswith(prefix):
+                    yield Completion(candidate.name, -len(prefix), display_meta=candidate.summary)
             return
         cmd = COMMANDS.get(words[0])
         if cmd is None or not cmd.completes_targets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import sqlite3
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_chain_verifies_and_links(store: AuditStore) -> None:
     fill(store)
     events = store.events()
     assert [e.detail["command"] for e in events] == [f"cmd {i}" for i in range(5)]
-    assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:]))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(events))
     assert store.verify_chain().ok and store.verify_chain().events == 5
 
 

@@ -15,11 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import pytest
 import requests
+from oidc_issuer import OidcIssuer
 
 from bastion.config import IssuerConfig
 from bastion.devidp_pages import BANNER
 from bastion.oidc import OidcVerifier, VerifiedIdentity
-from oidc_issuer import OidcIssuer
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 INTERVAL = 0.2

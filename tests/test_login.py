@@ -292,7 +292,8 @@ async def _with_idp(scenario: Callable[..., Awaitable[None]], **idp_options: Any
     issuer = await idp.start()
     try:
         async with aiohttp.ClientSession() as http:
-            info = await discover_issuer(http, issuer, "bastion", ("openid", "groups"), idp_options.get("client_secret"))
+            info = await discover_issuer(http, issuer, "bastion", ("openid", "groups"),
+                                         idp_options.get("client_secret"))
             await scenario(idp, info, http)
     finally:
         await idp.stop()

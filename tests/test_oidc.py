@@ -12,11 +12,11 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from oidc_issuer import OidcIssuer
 
 from bastion.config import IssuerConfig
 from bastion.errors import TokenError
 from bastion.oidc import OidcVerifier, VerifiedIdentity
-from oidc_issuer import OidcIssuer
 
 
 def people(issuer: OidcIssuer, **overrides: Any) -> IssuerConfig:

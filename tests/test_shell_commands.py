@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from policies.model import Identity
-from shell.commands import EXIT_DENIED, EXIT_OK, EXIT_USAGE, COMMANDS, commands, parse, run_line
+from shell.commands import COMMANDS, EXIT_DENIED, EXIT_OK, EXIT_USAGE, commands, parse, run_line
 from shell.context import ConnectOutcome, TargetView
 
 

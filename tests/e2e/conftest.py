@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from oidc_issuer import OidcIssuer
 from peers import Bastion, Client, have, new_bastion
 

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from oidc_issuer import OidcIssuer
 from peers import Bastion, Client
 

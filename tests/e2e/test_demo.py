@@ -15,7 +15,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import requests
-
 from peers import BIN
 
 

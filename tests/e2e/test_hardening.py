@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from oidc_issuer import OidcIssuer
 from peers import BIN, Bastion, Client
 
@@ -34,7 +33,8 @@ def test_openssh_defaults_connect_and_see_the_host_certificate(client: Client, o
     result = client.ssh("alice", "whoami", extra=("-v",))
     assert result.returncode == 0
     assert "Server host certificate: ssh-ed25519-cert-v01@openssh.com" in result.stderr
-    assert "Host '[127.0.0.1]:" in result.stderr and "is known and matches the ED25519-CERT host certificate" in result.stderr
+    assert "Host '[127.0.0.1]:" in result.stderr
+    assert "is known and matches the ED25519-CERT host certificate" in result.stderr
 
 
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")

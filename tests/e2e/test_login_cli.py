@@ -12,8 +12,6 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
-
-from oidc_issuer import OidcIssuer
 from peers import BIN, Bastion, Client
 
 
@@ -40,7 +38,7 @@ class LoginProcess:
         while True:
             line = self.lines.get(timeout=15)
             self.output.append(line)
-            if line.startswith("http://") or line.startswith("https://"):
+            if line.startswith(("http://", "https://")):
                 assert " " not in line
                 return line
 

@@ -9,7 +9,6 @@ import asyncssh
 import paramiko
 import pytest
 import requests
-
 from oidc_issuer import OidcIssuer
 from peers import Bastion, Client, new_bastion
 

@@ -8,7 +8,6 @@ import time
 
 import pexpect
 import pytest
-
 from oidc_issuer import OidcIssuer
 from peers import Bastion, Client, bastion_cli, strip_ansi
 
@@ -78,7 +77,8 @@ class Terminal:
     CPR_QUERY = "\x1b[6n"
 
     def __init__(self, client: Client, user: str, *, answer_cpr: bool = False) -> None:
-        args = client.ssh_args(user, "-tt", *(() if answer_cpr else ("-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")))
+        no_cpr = () if answer_cpr else ("-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
+        args = client.ssh_args(user, "-tt", *no_cpr)
         self.child = pexpect.spawn(args[0], args[1:], env=client.env(), dimensions=(30, 110),
                                    encoding="utf-8", timeout=15)
         self.answer_cpr = answer_cpr
@@ -88,7 +88,8 @@ class Terminal:
         deadline = time.monotonic() + timeout
         while text not in strip_ansi(self.seen):
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on screen; got {strip_ansi(self.seen)[-800:]!r} raw {self.seen[-1500:]!r}")
+                screen = strip_ansi(self.seen)[-800:]
+                raise AssertionError(f"{text!r} not on screen; got {screen!r}")
             try:
                 chunk = self.child.read_nonblocking(4096, timeout=0.2)
             except pexpect.TIMEOUT:
