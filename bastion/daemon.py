@@ -86,18 +86,23 @@ class Daemon:
         os.replace(tmp, path)
 
 
+async def until_stopped() -> None:
+    """Return once SIGINT or SIGTERM arrives."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(config: Config, ready_file: Path | None = None) -> None:
     """Run until SIGINT or SIGTERM."""
     daemon = Daemon(config)
     await daemon.start()
     if ready_file is not None:
         daemon.write_ready_file(ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         log.info("stopping")
         await daemon.stop()

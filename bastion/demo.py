@@ -7,17 +7,15 @@ the exact commands to paste. Ctrl-C stops everything.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shlex
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 from .config import load_config
-from .daemon import Daemon
+from .daemon import Daemon, until_stopped
 from .devidp import DevIdentityProvider
 from .errors import StateError
 from .provision import InitOptions, initialise
@@ -92,12 +90,8 @@ async def run_demo(directory: Path, *, ssh_port: int = 2222, http_port: int = 80
     assert daemon.runtime is not None
     print(instructions(directory, idp.issuer, config.http_url, daemon.runtime.ssh_port), flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         print("\nStopping the demo...", flush=True)
         await daemon.stop()

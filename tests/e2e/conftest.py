@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,21 @@ def bastion(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer) -
     b = new_bastion(tmp_path_factory.mktemp("bastion"), oidc_issuer.issuer)
     yield b
     b.stop()
+
+
+@pytest.fixture
+def make_bastion(tmp_path: Path, oidc_issuer: OidcIssuer) -> Iterator[Callable[..., Bastion]]:
+    """Start a bastion with config overrides (limits=..., certificates=...); stopped after the test."""
+    started: list[Bastion] = []
+
+    def make(**config: str) -> Bastion:
+        b = new_bastion(tmp_path / f"bastion{len(started)}", oidc_issuer.issuer, **config)
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -10,7 +11,7 @@ import paramiko
 import pytest
 import requests
 from oidc_issuer import OidcIssuer
-from peers import Bastion, Client, new_bastion
+from peers import Bastion, Client
 
 NOW = int(time.time())
 HINT = "Run `bastion login`"
@@ -105,68 +106,61 @@ def test_password_is_never_offered_or_accepted(bastion: Bastion, client: Client)
     bastion.wait_event("connection.refused", lambda e: e.detail.get("reason") == "no certificate was offered")
 
 
-def test_too_many_keys_are_cut_off(tmp_path: Path, oidc_issuer: OidcIssuer) -> None:
-    b = new_bastion(tmp_path / "b", oidc_issuer.issuer, limits="{auth_attempts: 3}")
-    try:
-        client = Client(tmp_path / "home", b)
-        keys = []
-        for i in range(6):
-            key = asyncssh.generate_private_key("ssh-ed25519")
-            path = tmp_path / f"k{i}"
-            key.write_private_key(str(path))
-            path.chmod(0o600)
-            keys += ["-i", str(path)]
-        client.make_key()
-        client.known_hosts.write_text(_known_hosts(b) + "\n")
-        result = client.ssh("alice", "whoami", extra=tuple(keys))
-        assert result.returncode == 255
-        assert "too many authentication attempts" in result.stderr
-        b.wait_event("connection.refused", lambda e: "too many authentication attempts" in e.detail["reason"])
-        assert b.alive()
-    finally:
-        b.stop()
+def test_too_many_keys_are_cut_off(tmp_path: Path, make_bastion: Callable[..., Bastion]) -> None:
+    b = make_bastion(limits="{auth_attempts: 3}")
+    client = Client(tmp_path / "home", b)
+    keys = []
+    for i in range(6):
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        path = tmp_path / f"k{i}"
+        key.write_private_key(str(path))
+        path.chmod(0o600)
+        keys += ["-i", str(path)]
+    client.make_key()
+    client.known_hosts.write_text(_known_hosts(b) + "\n")
+    result = client.ssh("alice", "whoami", extra=tuple(keys))
+    assert result.returncode == 255
+    assert "too many authentication attempts" in result.stderr
+    b.wait_event("connection.refused", lambda e: "too many authentication attempts" in e.detail["reason"])
+    assert b.alive()
 
 
-def test_sessions_per_user_limit(tmp_path: Path, oidc_issuer: OidcIssuer) -> None:
+def test_sessions_per_user_limit(tmp_path: Path, make_bastion: Callable[..., Bastion],
+                                 oidc_issuer: OidcIssuer) -> None:
     import pexpect
 
-    b = new_bastion(tmp_path / "b", oidc_issuer.issuer, limits="{sessions_per_user: 1}")
-    try:
-        client = Client(tmp_path / "home", b)
-        client.certify(oidc_issuer, "alice", ["dev"])
-        args = client.ssh_args("alice", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
-        held = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15)
-        held.expect("localhost")
-        second = client.ssh("alice", "whoami")
-        assert second.returncode == 1 and "alice already has 1 open sessions" in second.stderr
-        held.sendline("exit")
-        held.expect(pexpect.EOF)
-        deadline = time.monotonic() + 5
-        while client.ssh("alice", "whoami").returncode != 0:
-            assert time.monotonic() < deadline, "the slot was never released"
-            time.sleep(0.1)
-    finally:
-        b.stop()
+    b = make_bastion(limits="{sessions_per_user: 1}")
+    client = Client(tmp_path / "home", b)
+    client.certify(oidc_issuer, "alice", ["dev"])
+    args = client.ssh_args("alice", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
+    held = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15)
+    held.expect("localhost")
+    second = client.ssh("alice", "whoami")
+    assert second.returncode == 1 and "alice already has 1 open sessions" in second.stderr
+    held.sendline("exit")
+    held.expect(pexpect.EOF)
+    deadline = time.monotonic() + 5
+    while client.ssh("alice", "whoami").returncode != 0:
+        assert time.monotonic() < deadline, "the slot was never released"
+        time.sleep(0.1)
 
 
-def test_session_ends_when_the_certificate_expires(tmp_path: Path, oidc_issuer: OidcIssuer) -> None:
+def test_session_ends_when_the_certificate_expires(tmp_path: Path, make_bastion: Callable[..., Bastion],
+                                                   oidc_issuer: OidcIssuer) -> None:
     import pexpect
 
-    b = new_bastion(tmp_path / "b", oidc_issuer.issuer, certificates="{default_ttl: 3s, max_ttl: 3s}")
-    try:
-        client = Client(tmp_path / "home", b)
-        client.certify(oidc_issuer, "alice", ["dev"])
-        args = client.ssh_args("alice", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
-        term = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15)
-        term.expect("localhost")
-        term.expect("your certificate expired at")
-        term.expect(pexpect.EOF)
-        term.close()
-        assert term.exitstatus == 255
-        event = b.wait_event("connection.expired")
-        assert event.user == "alice" and "certificate expired at" in event.detail["reason"]
-    finally:
-        b.stop()
+    b = make_bastion(certificates="{default_ttl: 3s, max_ttl: 3s}")
+    client = Client(tmp_path / "home", b)
+    client.certify(oidc_issuer, "alice", ["dev"])
+    args = client.ssh_args("alice", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
+    term = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15)
+    term.expect("localhost")
+    term.expect("your certificate expired at")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 255
+    event = b.wait_event("connection.expired")
+    assert event.user == "alice" and "certificate expired at" in event.detail["reason"]
 
 
 # -- ID tokens at the certificate exchange ---------------------------------------------
