@@ -33,19 +33,12 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _since(text: str, now: float) -> float:
     """``30m``/``2h``/``7d`` ago, or an ISO date or date-time (UTC when no zone is given)."""
-    from .config_schema import parse_duration
+    from recorders.durations import parse_moment
 
     try:
-        return now - parse_duration(text)
-    except (ValueError, BastionError):
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise BastionError(f"--since {text!r}: expected a duration such as 2h or a date such as 2026-11-29") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+        return parse_moment(text, now)
+    except ValueError as e:
+        raise BastionError(f"--since: {e}") from None
 
 
 def _show(value: object) -> str:

@@ -121,6 +121,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """How sessions are recorded (every session is; these tune how)."""
+
+    redact_echo_off: bool = True   # keystrokes the session does not echo are written as a redaction marker
+    flush_interval: float = 1.0    # seconds; a crash loses at most this much of a recording
+    idle_time_limit: float | None = 2.0  # written to each cast's header: players cap pauses to this
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """A configured target: what policy sees (:attr:`target`) plus how to reach it."""
 
@@ -148,6 +157,7 @@ class Config:
     host_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     public_url: str | None = None     # how clients reach the HTTP listener; default http://<listen.http>
     limits: Limits = Limits()
+    recording: RecordingConfig = RecordingConfig()
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
 
@@ -187,6 +197,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         host_names=top["host_names"].names(non_empty=True) if "host_names" in top else Config.host_names,
         public_url=top["public_url"].parse(parse_url) if "public_url" in top else None,
         limits=_limits(top["limits"]) if "limits" in top else Limits(),
+        recording=_recording(top["recording"]) if "recording" in top else RecordingConfig(),
         targets=_targets(top["targets"], base) if "targets" in top else {},
         policies=_policies(top["policies"]) if "policies" in top else (),
     )
@@ -194,7 +205,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
 
 # The loader. Each function below turns one section's node into its typed value.
 
-_TOP_KEYS = ("listen", "state_dir", "public_url", "host_names", "identity", "limits", "targets", "policies")
+_TOP_KEYS = ("listen", "state_dir", "public_url", "host_names", "identity", "limits", "recording", "targets",
+             "policies")
 _SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _MAX_CERT_TTL = 7 * 86400.0
 _TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -294,6 +306,21 @@ _LIMIT_PARSERS: dict[str, Callable[[Node], Any]] = {
 
 def _limits(node: Node) -> Limits:
     return Limits(**{key: _LIMIT_PARSERS[key](value) for key, value in node.fields(_LIMIT_PARSERS).items()})
+
+
+_RECORDING_PARSERS: dict[str, Callable[[Node], Any]] = {
+    "redact_echo_off": Node.flag,
+    "flush_interval": Node.duration,
+    "idle_time_limit": Node.duration,
+}
+
+
+def _recording(node: Node) -> RecordingConfig:
+    fields = node.fields(_RECORDING_PARSERS)
+    values = {key: _RECORDING_PARSERS[key](value) for key, value in fields.items()}
+    if values.get("flush_interval", 1.0) > 1.0:
+        raise fields["flush_interval"].error("expected at most 1s: a crash may lose at most a second of a recording")
+    return RecordingConfig(**values)
 
 
 def _secret(node: Node, base: Path) -> SecretRef:

@@ -12,11 +12,13 @@ from pathlib import Path
 import asyncssh
 from aiohttp import web
 
+from recorders.store import RecordingStore, load_signing_key
+
 from .audit import AuditStore
 from .config import Config
 from .errors import StateError
 from .http import make_app
-from .keys import load_keys
+from .keys import KeyPaths, load_keys
 from .oidc import OidcVerifier
 from .runtime import Runtime
 from .server import start_ssh_server
@@ -34,6 +36,7 @@ class Daemon:
         self._http: web.AppRunner | None = None
         self._verifier: OidcVerifier | None = None
         self.http_port = 0
+        self._flusher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load keys and the audit store, then listen for SSH and HTTP."""
@@ -41,6 +44,16 @@ class Daemon:
         keys = load_keys(config.state_dir, config.host_names)
         store = AuditStore(config.state_dir / "audit.db")
         runtime = self.runtime = Runtime(config=config, keys=keys, store=store)
+        runtime.recordings = RecordingStore(
+            config.state_dir / "recordings", store.db,
+            signing_key=load_signing_key(KeyPaths(config.state_dir).audit_key),
+            # Plain-text and keyframe sidecars render the whole session (pyte): never on the event loop.
+            sidecars_at_close="background")
+        for session_id in await asyncio.to_thread(runtime.recordings.recover):
+            store.append("recording.interrupted", session=session_id, outcome="interrupted",
+                         reason="the bastion stopped while the session was open")
+            log.warning("recording %s was interrupted by a crash; sealed as it stood", session_id)
+        self._flusher = asyncio.get_running_loop().create_task(self._flush_recordings())
         self._verifier = OidcVerifier(config.identity.oidc, config.identity.machine_issuers)
         try:
             self._acceptor = await start_ssh_server(runtime)
@@ -60,12 +73,30 @@ class Daemon:
         log.info("listening: ssh %s:%d, http %s:%d", config.listen.ssh.host, runtime.ssh_port,
                  config.listen.http.host, self.http_port)
 
+    async def _flush_recordings(self) -> None:
+        """Write buffered recording events at least once per flush interval."""
+        assert self.runtime is not None
+        runtime, interval = self.runtime, self.config.recording.flush_interval
+        while True:
+            await asyncio.sleep(interval)
+            for tap in list(runtime.taps):
+                try:
+                    tap.tick()
+                    tap.writer.flush()
+                except OSError as e:  # a full disk must not stop the other recordings
+                    log.error("cannot flush a recording: %s", e)
+
     async def stop(self) -> None:
-        """Stop listening, end open connections, close the store."""
+        """Stop listening, end open sessions (sealing their recordings), close the store."""
         if self._acceptor is not None:
             self._acceptor.close()
             await self._acceptor.wait_closed()
             self._acceptor = None
+        if self.runtime is not None:
+            await self._end_connections(self.runtime)
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
@@ -73,9 +104,25 @@ class Daemon:
             await self._verifier.close()
             self._verifier = None
         if self.runtime is not None:
+            if self.runtime.recordings is not None:
+                await asyncio.to_thread(self.runtime.recordings.wait_for_sidecars, 30.0)
             self.runtime.store.append("daemon.stopped", pid=os.getpid())
             self.runtime.store.close()
             self.runtime = None
+
+    @staticmethod
+    async def _end_connections(runtime: Runtime) -> None:
+        for handler in list(runtime.connections):
+            if handler.auth is not None:
+                handler.end("shutdown", "the bastion is shutting down",
+                            user_message="the bastion is shutting down; connect again in a moment.")
+            elif handler.conn is not None:
+                handler.conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the bastion is shutting down")
+        deadline = asyncio.get_running_loop().time() + 5
+        while (runtime.connections or runtime.tasks) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if runtime.tasks:
+            log.warning("%d background tasks still running at shutdown", len(runtime.tasks))
 
     def write_ready_file(self, path: Path) -> None:
         """Write the bound ports as JSON, for orchestration and tests that listen on port 0."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from policies.engine import Decision, visible_targets
 from policies.model import Identity, Target
@@ -14,6 +16,12 @@ from policies.model import Identity, Target
 from .audit import AuditStore
 from .config import Config
 from .keys import Keys
+
+if TYPE_CHECKING:
+    from recorders.store import RecordingStore
+    from recorders.tap import SessionTap
+
+    from .server import ConnectionHandler
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +37,22 @@ class Runtime:
     sessions_per_user: Counter[str] = field(default_factory=Counter)
     connections_per_source: Counter[str] = field(default_factory=Counter)
     ssh_port: int = 0  # the bound port, set by the daemon once listening (config may say 0)
+    recordings: RecordingStore | None = None
+    taps: set[SessionTap] = field(default_factory=set)  # open recordings, flushed every second
+    connections: set[ConnectionHandler] = field(default_factory=set)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def background(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run ``coro`` as a task the daemon waits for on shutdown; failures are logged, never lost."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self.tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s failed", what, exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     def targets(self) -> list[Target]:
         """Every configured target, as policy sees it (no credentials)."""

@@ -119,6 +119,7 @@ class ConnectionHandler(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
         self.peer = str(conn.get_extra_info("peername", ("?", 0))[0])
+        self.runtime.connections.add(self)
         self.runtime.store.connection_opened(self.conn_id, self.peer, self.runtime.clock())
         if not self.runtime.open_connection(self.peer):
             self._refuse(f"too many connections from {self.peer}")
@@ -140,6 +141,7 @@ class ConnectionHandler(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.runtime.close_connection(self.peer)
+        self.runtime.connections.discard(self)
         if self._expiry:
             self._expiry.cancel()
         now = self.runtime.clock()

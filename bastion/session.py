@@ -23,6 +23,10 @@ from prompt_toolkit.output.vt100 import Vt100_Output
 
 from policies.engine import decide
 from policies.model import Effect
+from recorders.asciicast import Header
+from recorders.errors import RecorderError
+from recorders.store import Recording
+from recorders.tap import SessionTap
 from shell import commands
 from shell.app import interact
 from shell.commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_USAGE, Result
@@ -73,6 +77,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._input: PipeInput | None = None
         self._app_session: AppSession | None = None
         self._counted = False
+        self.recording: Recording | None = None
+        self.tap: SessionTap | None = None
 
     # -- asyncssh callbacks ----------------------------------------------------
 
@@ -103,17 +109,31 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             return
         self._counted = True
         self.handler.session_listeners.add(self.end)
+        mode = "exec" if self.command is not None else "shell"
+        try:
+            self._start_recording(mode)
+        except (RecorderError, OSError) as e:
+            # Every session is recorded: one that cannot be is refused, not run unseen.
+            log.error("cannot record session %s: %s", self.session_id, e)
+            self.runtime.store.append("session.refused", user=user, source=self.handler.peer,
+                                      session=self.session_id, outcome="deny", reason=f"recording failed: {e}")
+            self._finish("bastion: this session cannot be recorded, so it is refused; "
+                         "the bastion's log has the details.\r\n", 1)
+            return
         self.runtime.store.append("session.started", user=user, source=self.handler.peer,
-                                  session=self.session_id, connection=self.handler.conn_id,
-                                  mode="exec" if self.command is not None else "shell")
+                                  session=self.session_id, connection=self.handler.conn_id, mode=mode)
         runner = self._run_exec() if self.command is not None else self._run_shell()
         self.task = asyncio.get_running_loop().create_task(runner)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.tap is not None:
+            self.tap.input(data)
         if self._input is not None:
             self._input.send_bytes(data)
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if self.tap is not None:
+            self.tap.resize(width, height)
         if self._app_session is not None and self._app_session.app is not None:
             self._app_session.app._on_resize()
 
@@ -130,6 +150,12 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.runtime.close_session(self.auth.identity.user)
             self.runtime.store.append("session.ended", user=self.auth.identity.user,
                                       source=self.handler.peer, session=self.session_id)
+        if self.tap is not None and self.recording is not None:
+            self.tap.marker("session ended")
+            self.runtime.taps.discard(self.tap)
+            self.runtime.background(self._close_recording(self.tap, self.recording),
+                                    f"closing recording {self.session_id}")
+            self.tap = None
 
     # -- output ------------------------------------------------------------------
 
@@ -137,13 +163,21 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         """Write to the user. The single exit point for session output."""
         if self.chan is None or self.chan.is_closing():
             return
+        if self.tap is not None:
+            self.tap.output(data)
         try:
             self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass  # the channel went away; connection_lost will clean up
 
+    def mark(self, label: str) -> None:
+        """Put a marker in this session's recording."""
+        if self.tap is not None:
+            self.tap.marker(label)
+
     def end(self, message: str) -> None:
         """End this session from the bastion's side, telling the user why."""
+        self.mark(f"session ending: {message}")
         self.send(f"\r\n\x1b[1mbastion: {message}\x1b[0m\r\n".encode())
         self._finish("", EXIT_ENDED_BY_BASTION)
 
@@ -152,6 +186,31 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.send(message.encode(), stderr=True)
         if self.chan is not None and not self.chan.is_closing():
             self.chan.exit(status)
+
+    # -- recording ---------------------------------------------------------------
+
+    def _start_recording(self, mode: str) -> None:
+        assert self.chan is not None and self.runtime.recordings is not None
+        settings = self.runtime.config.recording
+        user = self.auth.identity.user
+        width, height, _, _ = self.chan.get_terminal_size()
+        term = self.chan.get_terminal_type()
+        header = Header(
+            width=width or 80, height=height or 24, timestamp=int(self.runtime.clock()),
+            idle_time_limit=settings.idle_time_limit, command=self.command,
+            title=f"{user}@{self.runtime.config.host_names[0]} ({mode})",
+            env={"TERM": term, "SHELL": "bastion"} if term else {"SHELL": "bastion"})
+        self.recording = self.runtime.recordings.open(self.session_id, user=user, target=None, header=header)
+        self.tap = SessionTap(self.recording.writer, redact_echo_off=settings.redact_echo_off)
+        self.runtime.taps.add(self.tap)
+        self.tap.marker(f"session started: {user} ({', '.join(sorted(self.auth.identity.groups)) or '-'}) "
+                        f"from {self.handler.peer}")
+
+    async def _close_recording(self, tap: SessionTap, recording: Recording) -> None:
+        # Hashing and signing read the whole file: off the event loop.
+        info = await asyncio.to_thread(_close, tap, recording)
+        self.runtime.store.append("recording.closed", user=self.auth.identity.user, session=self.session_id,
+                                  sha256=info.sha256, bytes=info.bytes, status=info.status)
 
     # -- the two modes -------------------------------------------------------------
 
@@ -217,6 +276,11 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             return InMemoryHistory()
 
 
+def _close(tap: SessionTap, recording: Recording) -> Any:
+    tap.close()
+    return recording.close()
+
+
 class SessionContext:
     """The :class:`shell.context.ShellContext` of one session, backed by the runtime."""
 
@@ -246,6 +310,7 @@ class SessionContext:
             "target.connect", user=self.identity.user, source=self._session.handler.peer,
             target=name, session=self._session.session_id, rule=decision.rule,
             outcome=decision.effect.value, reason=decision.reason)
+        self._session.mark(f"connect {name}: {decision.effect.value} by {decision.rule}")
         if decision.effect is Effect.DENY:
             # Same answer as for a name that does not exist would leak less, but people need the rule.
             return ConnectOutcome(EXIT_DENIED, f"denied: {decision.reason}")

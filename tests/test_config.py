@@ -17,6 +17,7 @@ from bastion.config import (
     IssuerConfig,
     Limits,
     Listen,
+    RecordingConfig,
     SecretRef,
     TargetConfig,
     host_port,
@@ -196,6 +197,7 @@ def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
     assert config.identity.oidc.leeway == 60.0
     assert config.identity.certificates == CertificatePolicy(default_ttl=3600.0, max_ttl=28800.0)
     assert config.limits == Limits()
+    assert config.recording == RecordingConfig()
     assert config.host_names == ("localhost", "127.0.0.1")
     assert config.targets == {} and config.policies == ()
     assert config.http_url == "http://127.0.0.1:8080"
@@ -297,6 +299,10 @@ MALFORMED = [
     ("invalid YAML", BASE + "targets: [a\nb: c\n", 6, "", "invalid YAML: expected ',' or ']'"),
     ("top level not a mapping", "- a\n- b\n", 1, "", "expected a mapping, got a list"),
     ("empty file", "# nothing but a comment\n", 1, "", "the file is empty"),
+    ("recording flush too slow", BASE + "recording:\n  flush_interval: 5s\n", 6, "recording.flush_interval",
+     "at most 1s"),
+    ("recording redaction not a flag", BASE + "recording: {redact_echo_off: sometimes}\n", 5,
+     "recording.redact_echo_off", "true or false"),
 ]
 
 
