@@ -201,7 +201,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             title=f"{user}@{self.runtime.config.host_names[0]} ({mode})",
             env={"TERM": term, "SHELL": "bastion"} if term else {"SHELL": "bastion"})
         self.recording = self.runtime.recordings.open(self.session_id, user=user, target=None, header=header)
-        self.tap = SessionTap(self.recording.writer, redact_echo_off=settings.redact_echo_off)
+        self.tap = SessionTap(self.recording.writer, redact_echo_off=settings.redact_echo_off,
+                              onlcr=term is None)
         self.runtime.taps.add(self.tap)
         self.tap.marker(f"session started: {user} ({', '.join(sorted(self.auth.identity.groups)) or '-'}) "
                         f"from {self.handler.peer}")

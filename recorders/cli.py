@@ -28,7 +28,7 @@ from .report import ls_table, show_text, with_offsets
 from .search import Stats, grep
 from .sidecars import keyframe_before, keyframe_index
 from .statedir import config_path, open_store, state_dir_from_config
-from .store import LIVE, STATUSES, RecordingInfo, RecordingStore
+from .store import LIVE, PRUNED, STATUSES, RecordingInfo, RecordingStore
 
 log = logging.getLogger("recorders")
 
@@ -57,6 +57,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """List recordings, newest first."""
     infos = _store(args).list(user=args.user, target=args.target, since=args.since,
                               until=args.until, status=args.status)
+    if args.status is None:  # tombstones of pruned recordings only when asked for
+        infos = [i for i in infos if i.status != PRUNED]
     if args.json:
         for info in infos:
             _out(json.dumps(info.to_dict()))
@@ -190,6 +192,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     for info in infos:
         if info.status == LIVE:
             _out(f"{info.session_id}: live, not closed yet: nothing to verify")
+            continue
+        if info.status == PRUNED:
+            _out(f"{info.session_id}: pruned (file deleted by retention); its sha256 and signature remain")
             continue
         problems = store.verify(info)
         _out(f"{info.session_id}: {'OK' if not problems else 'FAILED'}")

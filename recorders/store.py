@@ -38,8 +38,8 @@ __all__ = ["Recording", "RecordingInfo", "RecordingStore", "load_signing_key", "
 
 log = logging.getLogger(__name__)
 
-LIVE, CLOSED, INTERRUPTED = "live", "closed", "interrupted"
-STATUSES = (LIVE, CLOSED, INTERRUPTED)
+LIVE, CLOSED, INTERRUPTED, PRUNED = "live", "closed", "interrupted", "pruned"
+STATUSES = (LIVE, CLOSED, INTERRUPTED, PRUNED)
 INTERRUPTED_MARKER = "recording interrupted: the bastion stopped unexpectedly"
 STILL_LIVE = "still live: the recording is not closed yet, so it has no hash or signature to check"
 SidecarMode = Literal["now", "background", "lazy"]
@@ -47,7 +47,7 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SCHEMA: dict[str, Any] = {
     "session_id": str, "user": str, "target": str, "started": float, "ended": float, "bytes": int,
     "sha256": str, "signature": str, "status": str, "path": str, "title": str, "hold": int,
-    "hold_reason": str,
+    "hold_reason": str, "pruned_at": float,
 }
 
 
@@ -68,6 +68,7 @@ class RecordingInfo:
     title: str | None
     hold: int
     hold_reason: str | None
+    pruned_at: float | None = None  # the file was deleted by retention; the row stays as evidence
 
     @property
     def duration(self) -> float | None:
@@ -135,6 +136,8 @@ class RecordingStore:
         self._monotonic = monotonic  # the writers' clock: event times must not jump with the wall clock
         db.table("recordings").create(_SCHEMA, pk="session_id", not_null={"status", "path", "hold"},
                                       defaults={"hold": 0}, if_not_exists=True)
+        if "pruned_at" not in db.table("recordings").columns_dict:  # an index made before tombstones
+            db.table("recordings").add_column("pruned_at", float)
         db.table("recordings").create_index(["started"], if_not_exists=True)
         db.table("recordings").create_index(["user"], if_not_exists=True)
 
@@ -336,8 +339,13 @@ class RecordingStore:
 
     def prune(self, older_than: float, now: float | None = None, *,
               dry_run: bool = False) -> builtins.list[RecordingInfo]:
-        """Delete ended recordings older than ``older_than`` seconds, skipping holds and live ones."""
-        cutoff = (self._clock() if now is None else now) - older_than
+        """Delete ended recordings older than ``older_than`` seconds, skipping holds and live ones.
+
+        The index row stays, marked ``pruned`` with its hash and signature: what
+        existed, and when it was deleted, remains provable.
+        """
+        moment = self._clock() if now is None else now
+        cutoff = moment - older_than
         rows = self._db().query(
             "select * from recordings where status in (?, ?) and hold = 0 and ended is not null and ended < ?"
             " order by started", [CLOSED, INTERRUPTED, cutoff])
@@ -348,7 +356,7 @@ class RecordingStore:
             path = self.path(info)
             path.unlink(missing_ok=True)
             sidecars.remove(path)
-            self._db().table("recordings").delete(info.session_id)
+            self._db().table("recordings").update(info.session_id, {"status": PRUNED, "pruned_at": moment})
             self._remove_empty_dirs(path.parent)
             log.info("pruned recording %s", info.session_id)
         return doomed

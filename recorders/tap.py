@@ -41,9 +41,11 @@ class _Pending:
 class SessionTap:
     """Feeds one session's output, keystrokes, resizes and markers into a Writer."""
 
-    def __init__(self, writer: Writer, *, redact_echo_off: bool = True,
+    def __init__(self, writer: Writer, *, redact_echo_off: bool = True, onlcr: bool = False,
                  clock: Callable[[], float] = time.monotonic, echo_window: float = ECHO_WINDOW) -> None:
         self.writer = writer
+        # Without a PTY the user's own terminal turned "\n" into "\r\n"; record what they saw.
+        self._onlcr = onlcr
         self.redact_echo_off = redact_echo_off
         self._clock = clock
         self._window = echo_window
@@ -53,6 +55,8 @@ class SessionTap:
 
     def output(self, data: bytes) -> None:
         """What the user saw."""
+        if self._onlcr:
+            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if self._pending:
             self._seen = (self._seen + _printable(data))[-_SEEN_LIMIT:]
             self._drain(force=False)

@@ -133,7 +133,7 @@ def test_ls_table_and_json(env: Env, capsys: pytest.CaptureFixture[str]) -> None
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(rows) == 1
     assert set(rows[0]) == {"session_id", "user", "target", "started", "ended", "bytes", "sha256", "signature",
-                            "status", "path", "title", "hold", "hold_reason", "duration"}
+                            "status", "path", "title", "hold", "hold_reason", "duration", "pruned_at"}
     assert rows[0]["status"] == "closed" and rows[0]["duration"] == pytest.approx(68.3)
     code, out, _ = run(env, capsys, "ls", "--json", "--status", "live")
     assert [json.loads(x)["session_id"] for x in out.splitlines()] == ["bbbb-1111"]
@@ -354,6 +354,8 @@ def test_prune_hold_release(env: Env, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and "deleted old-1 " in out
     code, out, _ = run(env, capsys, "ls", "--json")
     assert sorted(json.loads(x)["session_id"] for x in out.splitlines()) == ["new-1", "old-held", "old-live"]
+    code, out, _ = run(env, capsys, "ls", "--status", "pruned", "--json")
+    assert [json.loads(x)["session_id"] for x in out.splitlines()] == ["old-1"]
     assert run(env, capsys, "release", "old-held")[0] == 0
     code, out, _ = run(env, capsys, "prune", "--older-than", "2026-01-01")
     assert code == 0

@@ -226,7 +226,11 @@ def test_prune_skips_holds_and_live(store: RecordingStore, clock: Clock, tmp_pat
     assert [i.session_id for i in store.prune(90 * DAY)] == ["old-closed"]
     assert not doomed_path.exists() and not sidecars.transcript_path(doomed_path).exists()
     assert not sidecars.index_path(doomed_path).exists()
-    assert {i.session_id for i in store.list()} == {"old-held", "old-live", "recent"}
+    tombstone = store.get("old-closed")
+    assert (tombstone.status, tombstone.pruned_at) == ("pruned", clock.t)
+    assert tombstone.sha256 and tombstone.signature  # what was deleted stays provable
+    assert {i.session_id for i in store.list() if i.status != "pruned"} == {"old-held", "old-live", "recent"}
+    assert store.prune(90 * DAY) == []  # a tombstone is not pruned twice
     held = store.get("old-held")
     assert (held.hold, held.hold_reason) == (1, "litigation #12")
     store.release("old-held")

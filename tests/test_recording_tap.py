@@ -104,6 +104,15 @@ def test_close_redacts_what_is_still_held() -> None:
     assert events(buffer) == [("i", REDACTED)]
 
 
+def test_sessions_without_a_pty_record_newlines_as_the_terminal_showed_them() -> None:
+    clock = Clock()
+    buffer = io.BytesIO()
+    tap = SessionTap(Writer(buffer, Header(width=80, height=24), clock=clock), onlcr=True, clock=clock)
+    tap.output(b"a\nb\r\nc\n")
+    tap.close()
+    assert events(buffer) == [("o", "a\r\nb\r\nc\r\n")]
+
+
 def test_markers_and_resizes_pass_through() -> None:
     tap, buffer, _ = make()
     tap.resize(120, 40)
