@@ -95,6 +95,35 @@ class ApprovalRule:
     request_ttl: float = 3600.0  # seconds a pending request lives
 
 
+class StatementEffect(StrEnum):
+    """What a guardrail does to a statement it matches."""
+
+    ALLOW = "allow"
+    REVIEW = "review"  # held for a human; until approvals exist it is refused, saying so
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """One statement rule of a policy. Every criterion given must hold for it to match."""
+
+    effect: StatementEffect
+    statements: tuple[str, ...] = ()   # statement kinds (see policies/sql.py KINDS); empty = any
+    tables: tuple[str, ...] = ()       # globs over "schema.table" and bare "table"; empty = any
+    without_where: bool = False        # only UPDATE/DELETE (anywhere in the statement) lacking a WHERE
+    name: str = ""                     # how decisions cite it, e.g. "dba-prod.guardrails[1]"
+
+
+@dataclass(frozen=True)
+class MaskingRule:
+    """Which result values to mask, and how."""
+
+    strategy: str = "redact"           # redact | partial | hash
+    columns: tuple[str, ...] = ()      # globs over "table.column" ("*.email", "users.ssn")
+    detect: tuple[str, ...] = ()       # detector names: built-in or from config
+    name: str = ""
+
+
 @dataclass(frozen=True)
 class Policy:
     """One rule: these subjects reach these targets with this access mode."""
@@ -105,3 +134,5 @@ class Policy:
     access: Access
     port_forwarding: bool = False
     approval: ApprovalRule | None = None
+    guardrails: tuple[Guardrail, ...] = ()
+    masking: tuple[MaskingRule, ...] = ()
