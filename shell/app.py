@@ -101,7 +101,8 @@ async def interact(ctx: ShellContext, history: History, record: Callable[[str, R
         "`targets` to see where you can go.")
     while True:
         try:
-            line = await session.prompt_async()
+            # The defaults would install a loop-wide exception handler and take SIGINT from the daemon.
+            line = await session.prompt_async(set_exception_handler=False, handle_sigint=False)
         except KeyboardInterrupt:
             continue
         except EOFError:
