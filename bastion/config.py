@@ -24,15 +24,22 @@ from bastion.config_schema import (
     read_yaml,
 )
 from bastion.errors import ConfigError
+from policies.detectors import DetectorError, custom_detector
+from policies.masking import BUILTIN_DETECTORS, STRATEGIES
 from policies.model import (
     Access,
     ApprovalRule,
     Approvers,
+    Guardrail,
+    MaskingRule,
     Policy,
+    StatementEffect,
     Subjects,
     Target,
     TargetSelector,
 )
+from policies.pgtypes import compile_glob
+from policies.sql import KINDS
 
 DEFAULT_CONFIG_PATH = "/etc/bastion/bastion.yaml"
 TARGET_KINDS = ("postgres", "mysql", "kubernetes", "ssh")
@@ -149,6 +156,14 @@ class TargetConfig:
 
 
 @dataclass(frozen=True)
+class MaskingConfig:
+    """Deployment-wide masking settings: the key of the hash strategy and extra value detectors."""
+
+    hash_key: SecretRef | None = None                          # HMAC key, so hashed values correlate across sessions
+    detectors: dict[str, str] = field(default_factory=dict)    # name -> regular expression (Python re syntax)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: Listen
@@ -160,6 +175,7 @@ class Config:
     recording: RecordingConfig = RecordingConfig()
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
+    masking: MaskingConfig = MaskingConfig()
 
     @property
     def http_url(self) -> str:
@@ -189,6 +205,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     root = read_yaml(file)
     base = Path(file).resolve().parent
     top = root.fields(_TOP_KEYS, required=("listen", "state_dir", "identity"))
+    masking = _masking(top["masking"], base) if "masking" in top else MaskingConfig()
     return Config(
         path=Path(file).resolve(),
         listen=_listen(top["listen"]),
@@ -199,19 +216,21 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         limits=_limits(top["limits"]) if "limits" in top else Limits(),
         recording=_recording(top["recording"]) if "recording" in top else RecordingConfig(),
         targets=_targets(top["targets"], base) if "targets" in top else {},
-        policies=_policies(top["policies"]) if "policies" in top else (),
+        policies=_policies(top["policies"], masking) if "policies" in top else (),
+        masking=masking,
     )
 
 
 # The loader. Each function below turns one section's node into its typed value.
 
 _TOP_KEYS = ("listen", "state_dir", "public_url", "host_names", "identity", "limits", "recording", "targets",
-             "policies")
+             "policies", "masking")
 _SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _MAX_CERT_TTL = 7 * 86400.0
 _TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INLINE_SECRET = "secrets must be {env: NAME} or {file: PATH}, not inline"
+_DETECTOR_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 def _path(node: Node, base: Path) -> Path:
@@ -405,10 +424,9 @@ def _approval(node: Node) -> ApprovalRule:
     return rule
 
 
-def _policy(node: Node, seen: dict[str, int]) -> Policy:
-    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval")
-    f = node.fields(keys, required=("name", "subjects", "targets", "access"),
-                    unsupported=("guardrails", "masking"))
+def _policy(node: Node, seen: dict[str, int], masking: MaskingConfig) -> Policy:
+    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval", "guardrails", "masking")
+    f = node.fields(keys, required=("name", "subjects", "targets", "access"))
     name = f["name"].name()
     if name in seen:
         raise f["name"].error(f"duplicate policy name {name!r} (first at line {seen[name]})")
@@ -427,9 +445,86 @@ def _policy(node: Node, seen: dict[str, int]) -> Policy:
         access=access,
         port_forwarding=f["port_forwarding"].flag() if "port_forwarding" in f else False,
         approval=_approval(f["approval"]) if "approval" in f else None,
+        guardrails=tuple(_guardrail(item, f"{name}.guardrails[{i}]")
+                         for i, item in enumerate(f["guardrails"].items())) if "guardrails" in f else (),
+        masking=tuple(_masking_rule(item, f"{name}.masking[{i}]", masking)
+                      for i, item in enumerate(f["masking"].items())) if "masking" in f else (),
     )
 
 
-def _policies(node: Node) -> tuple[Policy, ...]:
+def _policies(node: Node, masking: MaskingConfig) -> tuple[Policy, ...]:
     seen: dict[str, int] = {}
-    return tuple(_policy(item, seen) for item in node.items())
+    return tuple(_policy(item, seen, masking) for item in node.items())
+
+
+def _guardrail(node: Node, name: str) -> Guardrail:
+    f = node.fields(("effect", "statements", "tables", "without_where"), required=("effect",))
+    effect = StatementEffect(f["effect"].choice(e.value for e in StatementEffect))
+    statements = tuple(_statement_kind(item) for item in f["statements"].items()) if "statements" in f else ()
+    tables = f["tables"].names() if "tables" in f else ()
+    without_where = f["without_where"].flag() if "without_where" in f else False
+    if not (statements or tables or without_where):
+        raise node.error("expected at least one of statements, tables or without_where: true "
+                         "(a guardrail without a criterion would match every statement)")
+    if without_where and statements and not {"update", "delete"} & set(statements):
+        raise f["without_where"].error("applies only to update and delete; add one of them to statements",
+                                       at_key=True)
+    return Guardrail(effect=effect, statements=statements, tables=tables, without_where=without_where, name=name)
+
+
+def _statement_kind(node: Node) -> str:
+    kind = node.text()
+    if kind not in KINDS:
+        raise node.error(f"expected a statement kind ({', '.join(sorted(KINDS))}); got {kind!r}")
+    return kind
+
+
+def _masking_rule(node: Node, name: str, masking: MaskingConfig) -> MaskingRule:
+    f = node.fields(("strategy", "columns", "detect"), required=("strategy",))
+    strategy = f["strategy"].choice(STRATEGIES)
+    if strategy == "hash" and masking.hash_key is None:
+        raise f["strategy"].error("hash needs a key: set masking.hash_key ({env: NAME} or {file: PATH}) "
+                                  "at the top level")
+    columns = tuple(_column(item) for item in f["columns"].items()) if "columns" in f else ()
+    detect = tuple(_detector(item, masking) for item in f["detect"].items()) if "detect" in f else ()
+    if not (columns or detect):
+        raise node.error("expected at least one of columns or detect")
+    return MaskingRule(strategy=strategy, columns=columns, detect=detect, name=name)
+
+
+def _column(node: Node) -> str:
+    column = node.name()
+    node.parse(compile_glob, column)  # the masking engine's own check: at most schema.table.column
+    return column
+
+
+def _detector(node: Node, masking: MaskingConfig) -> str:
+    detector = node.name()
+    if detector not in BUILTIN_DETECTORS and detector not in masking.detectors:
+        raise node.error(f"unknown detector {detector!r}; expected a built-in one ({', '.join(BUILTIN_DETECTORS)}) "
+                         "or one declared in masking.detectors")
+    return detector
+
+
+def _masking(node: Node, base: Path) -> MaskingConfig:
+    f = node.fields(("hash_key", "detectors"))
+    detectors = {}
+    pairs = f["detectors"].pairs("a mapping of detector names to regular expressions") if "detectors" in f else []
+    for name, value in pairs:
+        if not _DETECTOR_NAME.fullmatch(name):
+            raise value.error(f"detector names must match ^{_DETECTOR_NAME.pattern}$", at_key=True)
+        if name in BUILTIN_DETECTORS:
+            raise value.error(f"{name} is a built-in detector; choose another name", at_key=True)
+        detectors[name] = _regex(name, value)
+    return MaskingConfig(hash_key=_secret(f["hash_key"], base) if "hash_key" in f else None, detectors=detectors)
+
+
+def _regex(name: str, node: Node) -> str:
+    pattern = node.text()
+    try:
+        custom_detector(name, pattern)  # compiles it as the masking engine will
+    except DetectorError as e:
+        raise node.error(f"expected a regular expression: {e.__cause__ or e}") from e
+    if re.fullmatch(pattern, ""):
+        raise node.error("the regular expression must not match the empty string")
+    return pattern

@@ -17,6 +17,7 @@ from bastion.config import (
     IssuerConfig,
     Limits,
     Listen,
+    MaskingConfig,
     RecordingConfig,
     SecretRef,
     TargetConfig,
@@ -29,7 +30,10 @@ from policies.model import (
     Access,
     ApprovalRule,
     Approvers,
+    Guardrail,
+    MaskingRule,
     Policy,
+    StatementEffect,
     Subjects,
     TargetSelector,
 )
@@ -83,11 +87,23 @@ policies:
       max_duration: 2h
       reason_required: false
       request_ttl: 15m
+    guardrails:
+      - {effect: deny, statements: [drop, truncate]}
+      - {effect: deny, statements: [update, delete], without_where: true}
+      - {effect: review, statements: [insert], tables: ["public.*", orders]}
+      - {effect: allow, statements: [do]}
+    masking:
+      - {strategy: partial, columns: ["*.email", users.ssn, phone]}
+      - {strategy: hash, detect: [credit_card, employee_id]}
   - name: sre
     subjects: {groups: [sre]}
     targets: {names: ["*"]}
     access: allow
     port_forwarding: true
+masking:
+  hash_key: {env: MASKING_KEY}
+  detectors:
+    employee_id: "EMP-[0-9]{6}"
 """
 
 # Four lines that make a valid file; the malformed cases below add to it.
@@ -172,6 +188,18 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
                     reason_required=False,
                     request_ttl=900.0,
                 ),
+                guardrails=(
+                    Guardrail(StatementEffect.DENY, ("drop", "truncate"), name="dba-prod.guardrails[0]"),
+                    Guardrail(StatementEffect.DENY, ("update", "delete"), without_where=True,
+                              name="dba-prod.guardrails[1]"),
+                    Guardrail(StatementEffect.REVIEW, ("insert",), ("public.*", "orders"),
+                              name="dba-prod.guardrails[2]"),
+                    Guardrail(StatementEffect.ALLOW, ("do",), name="dba-prod.guardrails[3]"),
+                ),
+                masking=(
+                    MaskingRule("partial", columns=("*.email", "users.ssn", "phone"), name="dba-prod.masking[0]"),
+                    MaskingRule("hash", detect=("credit_card", "employee_id"), name="dba-prod.masking[1]"),
+                ),
             ),
             Policy(
                 name="sre",
@@ -181,6 +209,7 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
                 port_forwarding=True,
             ),
         ),
+        masking=MaskingConfig(hash_key=SecretRef(env="MASKING_KEY"), detectors={"employee_id": "EMP-[0-9]{6}"}),
     )
     assert config == expected
     assert config.http_url == "https://bastion.example.com"
@@ -200,8 +229,13 @@ def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
     assert config.recording == RecordingConfig()
     assert config.host_names == ("localhost", "127.0.0.1")
     assert config.targets == {} and config.policies == ()
+    assert config.masking == MaskingConfig()
     assert config.http_url == "http://127.0.0.1:8080"
 
+
+# BASE plus one policy that ends at line 9; guardrail and masking cases add to it.
+POLICY = BASE + ("policies:\n  - name: p\n    subjects: {groups: [dev]}\n    targets: {names: ['*']}\n"
+                 "    access: allow\n")
 
 # (id, text, line, key, a fragment of what was expected). key "" is a file-level error.
 MALFORMED = [
@@ -271,11 +305,43 @@ MALFORMED = [
     ("min_approvals unreachable", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: approval\n    approval:\n      approvers: {users: [bob]}\n"
      "      min_approvals: 2\n", 12, "policies[0].approval.min_approvals", "cannot be met"),
-    ("guardrails present", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
-     "    targets: {names: ['*']}\n    access: allow\n    guardrails:\n      - {effect: deny}\n", 10,
-     "policies[0].guardrails", "not supported yet in this version"),
-    ("masking present", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
-     "    masking: []\n", 8, "policies[0].masking", "not supported yet in this version"),
+    ("unknown statement kind", POLICY + "    guardrails:\n      - {effect: deny, statements: [drop, obliterate]}\n",
+     11, "policies[0].guardrails[0].statements[1]", "expected a statement kind (alter, alter_system"),
+    ("guardrail without criterion", POLICY + "    guardrails:\n      - {effect: deny, without_where: false}\n",
+     11, "policies[0].guardrails[0]", "expected at least one of statements, tables or without_where: true"),
+    ("guardrail without effect", POLICY + "    guardrails:\n      - {statements: [drop]}\n",
+     11, "policies[0].guardrails[0].effect", "required key is missing"),
+    ("guardrail bad effect", POLICY + "    guardrails:\n      - {effect: block, statements: [drop]}\n",
+     11, "policies[0].guardrails[0].effect", "expected one of: allow, review, deny; got 'block'"),
+    ("guardrail unknown key", POLICY + "    guardrails:\n      - effect: deny\n        statement: [drop]\n",
+     12, "policies[0].guardrails[0].statement", "unknown key; expected one of: effect, statements, tables"),
+    ("without_where on insert",
+     POLICY + "    guardrails:\n      - {effect: deny, statements: [insert], without_where: true}\n",
+     11, "policies[0].guardrails[0].without_where", "applies only to update and delete"),
+    ("guardrails not a list", POLICY + "    guardrails: {effect: deny}\n",
+     10, "policies[0].guardrails", "expected a list, got a mapping"),
+    ("masking without criterion", POLICY + "    masking:\n      - {strategy: redact}\n",
+     11, "policies[0].masking[0]", "expected at least one of columns or detect"),
+    ("masking bad strategy", POLICY + "    masking:\n      - {strategy: scramble, columns: [a.b]}\n",
+     11, "policies[0].masking[0].strategy", "expected one of: redact, partial, hash; got 'scramble'"),
+    ("masking unknown detector", POLICY + "    masking:\n      - {strategy: redact, detect: [email, passport]}\n",
+     11, "policies[0].masking[0].detect[1]", "unknown detector 'passport'"),
+    ("masking column glob too deep", POLICY + "    masking:\n      - {strategy: redact, columns: [email, a.b.c.d]}\n",
+     11, "policies[0].masking[0].columns[1]", "more than schema.table.column"),
+    ("masking hash without key", POLICY + "    masking:\n      - {strategy: hash, columns: ['*.ssn']}\n",
+     11, "policies[0].masking[0].strategy", "hash needs a key: set masking.hash_key"),
+    ("detector bad regex", BASE + "masking:\n  detectors:\n    badge: 'B-[0-9'\n", 7, "masking.detectors.badge",
+     "expected a regular expression"),
+    ("detector matching empty", BASE + "masking:\n  detectors:\n    any: '.*'\n", 7, "masking.detectors.any",
+     "must not match the empty string"),
+    ("detector bad name", BASE + "masking:\n  detectors:\n    Badge-ID: 'B[0-9]+'\n", 7,
+     "masking.detectors.Badge-ID", "detector names must match ^[a-z][a-z0-9_]*$"),
+    ("detector shadows built-in", BASE + "masking:\n  detectors:\n    email: 'x@y'\n", 7, "masking.detectors.email",
+     "email is a built-in detector"),
+    ("masking hash_key inline", BASE + "masking:\n  hash_key: s3cret\n", 6, "masking.hash_key",
+     "secrets must be {env: NAME} or {file: PATH}, not inline"),
+    ("masking unknown key", BASE + "masking:\n  salt: {env: X}\n", 6, "masking.salt",
+     "unknown key; expected one of: detectors, hash_key"),
     ("empty subjects", BASE + "policies:\n  - name: p\n    subjects: {}\n    targets: {names: ['*']}\n"
      "    access: allow\n", 7, "policies[0].subjects", "at least one user or group"),
     ("empty target selector", BASE + "policies:\n  - name: p\n    subjects: {users: [a]}\n    targets: {}\n"
@@ -458,3 +524,30 @@ def test_template_loads_once_placeholders_are_replaced(tmp_path: Path) -> None:
     approval = by_name["dev-prod-approval"]
     assert approval.access is Access.APPROVAL and approval.targets.labels == (("env", "prod"),)
     assert approval.approval is not None and approval.approval.approvers.groups == ("sre",)
+    demo = by_name["dev-demo"]
+    assert demo.guardrails[0] == Guardrail(StatementEffect.DENY, ("drop", "truncate", "alter_system"),
+                                           name="dev-demo.guardrails[0]")
+    assert demo.guardrails[1].without_where and demo.guardrails[1].statements == ("update", "delete")
+    assert [(m.strategy, m.columns, m.detect) for m in demo.masking] == [
+        ("partial", ("*.email",), ()), ("redact", (), ("credit_card",))]
+    assert [g.effect for g in approval.guardrails] == [StatementEffect.DENY, StatementEffect.DENY,
+                                                       StatementEffect.REVIEW]
+
+
+def test_detector_declared_in_config_is_usable(tmp_path: Path) -> None:
+    text = BASE + ("masking:\n  detectors: {badge: 'B-[0-9]{4}'}\npolicies:\n  - name: p\n"
+                   "    subjects: {groups: [dev]}\n    targets: {names: ['*']}\n    access: allow\n"
+                   "    masking: [{strategy: redact, detect: [badge, ssn]}]\n")
+    config = load_config(write(tmp_path, text))
+    assert config.masking.detectors == {"badge": "B-[0-9]{4}"}
+    assert config.policies[0].masking == (MaskingRule("redact", detect=("badge", "ssn"), name="p.masking[0]"),)
+
+
+def test_documented_example_loads(tmp_path: Path) -> None:
+    reference = (Path(bastion.__file__).parent.parent / "docs" / "configuration.md").read_text()
+    example = reference.split("## Example\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    config = load_config(write(tmp_path, example))
+    dba = next(p for p in config.policies if p.name == "dba-prod")
+    assert [g.effect for g in dba.guardrails] == [StatementEffect.DENY, StatementEffect.DENY, StatementEffect.REVIEW]
+    assert dba.masking[1].detect == ("credit_card", "employee_id")
+    assert config.masking.hash_key == SecretRef(env="BASTION_MASKING_KEY")

@@ -1,0 +1,203 @@
+"""PostgreSQL statement classification for guardrails, with PostgreSQL's own parser (pglast).
+
+:func:`classify` splits a message into statements and walks each one's whole
+parse tree (see :mod:`policies.sql_walk`), because the top node misleads:
+
+- ``WITH x AS (DELETE …) SELECT …`` is a SelectStmt holding a DeleteStmt;
+- ``EXPLAIN ANALYZE DELETE …`` runs the DELETE. A plain ``EXPLAIN`` does not:
+  its inner kinds are still reported (so rules on them apply), but it stays
+  ``read_only``;
+- ``PREPARE p AS DELETE …`` carries the DELETE, and is classified with it;
+- ``EXECUTE p`` runs whatever was prepared earlier: it is kind ``execute``,
+  which guardrails treat as opaque. The proxy remembers what each name was
+  prepared as and calls :func:`resolve_execute` to judge the real content;
+- ``DO`` bodies are PL/pgSQL text, opaque: kind ``do``;
+- a call to a function in :data:`~policies.sql_walk.DANGEROUS_FUNCTIONS`
+  (``pg_terminate_backend``, ``pg_read_file``, ``lo_import``, ``dblink*``,
+  ``set_config``, ``query_to_xml`` …), anywhere, adds kind
+  ``dangerous_function`` and its name to ``functions``. ``pg_sleep`` is not
+  listed: it changes and reads nothing, and ``statement_timeout`` bounds it;
+- ``SELECT … INTO t`` is also ``create``; ``SELECT … FOR UPDATE/SHARE`` is
+  also ``lock``; ``INSERT … ON CONFLICT DO UPDATE`` is also ``update``; a
+  ``MERGE`` is also each of ``insert``/``update``/``delete`` its WHEN clauses
+  do; ``COPY … FROM`` is also ``insert`` and ``COPY … TO`` also ``select``.
+
+Statement kinds (:data:`KINDS`):
+
+========================== ===================================================
+select                     SELECT, VALUES, TABLE; a read of a relation
+insert update delete merge DML (also when hidden in a CTE, EXPLAIN ANALYZE, …)
+truncate drop create alter DDL (``create`` includes CREATE TABLE AS, SELECT INTO,
+                           CREATE INDEX/VIEW/FUNCTION/RULE/TRIGGER …)
+grant revoke               privileges and role membership
+copy_to copy_from          COPY; ``copy_program`` for TO/FROM PROGRAM,
+copy_program copy_file     ``copy_file`` for a file on the database server
+set_role                   SET ROLE, RESET ROLE
+set_session_authorization  SET/RESET SESSION AUTHORIZATION
+alter_system               ALTER SYSTEM (also ``alter``)
+do call execute            DO block, CALL procedure, EXECUTE prepared statement
+prepare deallocate         PREPARE (plus the kinds of its body), DEALLOCATE
+explain explain_analyze    EXPLAIN; EXPLAIN ANALYZE also has ``explain``
+lock                       LOCK, SELECT … FOR UPDATE/SHARE
+vacuum analyze reindex     maintenance
+cluster refresh checkpoint
+listen notify              LISTEN/UNLISTEN, NOTIFY
+transaction                BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION …
+set show reset discard     session settings (not role changes), DISCARD
+comment load cursor        COMMENT/SECURITY LABEL, LOAD, DECLARE/FETCH/MOVE/CLOSE
+dangerous_function         a call to a listed function, anywhere in the statement
+other                      a statement type this module does not know (opaque)
+========================== ===================================================
+
+``read_only`` is true when PostgreSQL would run the statement in a read-only
+transaction and it changes neither role nor server configuration: SELECT,
+EXPLAIN, SHOW, SET/RESET of settings, transaction control, cursors, PREPARE of
+a read, COPY TO STDOUT, LISTEN.
+
+Limitations, by design of a parser-level check:
+
+- writes done *inside* functions or procedures called by the statement, by
+  triggers, rules or views cannot be seen (a few known writers such as
+  ``nextval`` make the statement not ``read_only``). Deny ``create`` (of
+  functions, rules, triggers) where that matters, and use database privileges
+  as the second line;
+- relations are matched as written: views, synonyms and ``search_path`` are
+  not resolved (see :func:`policies.guardrails.relation_matches`);
+- a WHERE clause that mentions no column (``WHERE true``, ``WHERE 1=1``) counts
+  as missing; other tautologies are not detected.
+
+Pure: no sockets, files or clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from pglast import parser
+
+from .sql_walk import DANGEROUS_FUNCTIONS, Facts, is_dangerous, node_kinds, walk
+
+__all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "SqlError", "Statement", "classify", "is_dangerous",
+           "resolve_execute"]
+
+KINDS: frozenset[str] = frozenset({
+    "select", "insert", "update", "delete", "merge", "truncate", "drop", "create", "alter", "grant", "revoke",
+    "copy_to", "copy_from", "copy_program", "copy_file", "set_role", "set_session_authorization",
+    "alter_system", "do", "call", "execute", "prepare", "deallocate", "explain", "explain_analyze", "lock",
+    "vacuum", "analyze", "listen", "notify", "transaction", "set", "show", "reset", "discard", "comment",
+    "reindex", "cluster", "refresh", "load", "checkpoint", "cursor", "dangerous_function", "other",
+})
+
+# What the statement does cannot be seen from its text: guardrails deny these unless a rule names them.
+OPAQUE_KINDS: frozenset[str] = frozenset({"do", "execute", "dangerous_function", "other"})
+
+READ_ONLY_KINDS: frozenset[str] = frozenset({
+    "select", "explain", "explain_analyze", "show", "set", "reset", "transaction", "cursor", "prepare",
+    "deallocate", "listen", "copy_to",
+})
+
+
+class SqlError(Exception):
+    """The SQL could not be parsed, so it cannot be classified: callers must fail closed."""
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What one statement does, as far as its parse tree shows."""
+
+    text: str                           # this statement's source text, without the separating ';'
+    kind: str                           # the top-level statement's kind, e.g. "select" for WITH … DELETE … SELECT
+    kinds: frozenset[str]               # every kind found anywhere in the tree
+    tables: frozenset[str]              # relations touched, as written: "schema.table" or "table"
+    functions: frozenset[str]           # functions called, lower-case, schema-qualified as written
+    without_where: bool                 # some UPDATE/DELETE in the tree has no (column-referencing) WHERE
+    read_only: bool                     # nothing in it writes or changes state (see the module docstring)
+    targets: frozenset[tuple[str, str]] = frozenset()     # (kind, relation): which kind acts on which relation
+    unfiltered: frozenset[tuple[str, str]] = frozenset()  # (update|delete, relation) lacking a WHERE
+    executes: frozenset[str] = frozenset()                # prepared-statement names it EXECUTEs
+    prepares: str | None = None                           # the name a PREPARE defines …
+    prepared: Statement | None = None                     # … and what that body does
+    deallocates: frozenset[str] = frozenset()             # names DEALLOCATE drops
+    deallocates_all: bool = False                         # DEALLOCATE ALL, DISCARD ALL
+
+
+def _statement(text: str, kind: str, facts: Facts) -> Statement:
+    read_only = facts.effective <= READ_ONLY_KINDS and not facts.writing_function
+    prepared = None
+    if facts.prepared is not None:
+        _, body_kind, body = facts.prepared
+        prepared = _statement(text, body_kind, body)
+    return Statement(
+        text=text,
+        kind=kind,
+        kinds=frozenset(facts.kinds),
+        tables=frozenset(table for _, table in facts.targets),
+        functions=frozenset(facts.functions),
+        without_where=bool(facts.unfiltered),
+        read_only=read_only,
+        targets=frozenset(facts.targets),
+        unfiltered=frozenset(facts.unfiltered),
+        executes=frozenset(facts.executes),
+        prepares=facts.prepared[0] if facts.prepared else None,
+        prepared=prepared,
+        deallocates=frozenset(facts.deallocates),
+        deallocates_all=facts.deallocates_all,
+    )
+
+
+def classify(sql: str) -> list[Statement]:
+    """One Statement per statement in ``sql``; raises SqlError on anything that does not parse."""
+    if "\x00" in sql:
+        # The parser stops at a NUL: what follows would go unchecked.
+        raise SqlError("the SQL contains a NUL character")
+    try:
+        raw = parser.parse_sql(sql)
+    except parser.ParseError as e:
+        raise SqlError(f"syntax error: {e}") from e
+    except Exception as e:  # the C extension has other failure modes (encoding, limits): all mean "unknown"
+        raise SqlError(f"cannot parse: {type(e).__name__}") from e
+    data = sql.encode("utf-8")  # the parser reports byte offsets
+    statements = []
+    for item in raw:
+        start = item.stmt_location or 0
+        end = start + item.stmt_len if item.stmt_len else len(data)
+        text = data[start:end].decode("utf-8", "replace").strip()
+        kind = next(iter(node_kinds(item.stmt)), "other")
+        statements.append(_statement(text, kind, walk(item.stmt)))
+    return statements
+
+
+def resolve_execute(statement: Statement, prepared: Mapping[str, Statement]) -> Statement:
+    """The statement with each EXECUTE replaced by what the session prepared under that name.
+
+    ``prepared`` is the session's map of names to what they run: for SQL
+    ``PREPARE name AS …``, its :attr:`Statement.prepared`; for a protocol-level
+    Parse of a named statement (same namespace in PostgreSQL), the Statement
+    classified from the Parse's query. When a name is unknown, the statement
+    keeps kind ``execute``, which guardrails treat as opaque.
+    """
+    if not statement.executes or not statement.executes <= prepared.keys():
+        return statement
+    bodies = [prepared[name] for name in sorted(statement.executes)]
+    kinds = set(statement.kinds - {"execute"})
+    targets, unfiltered, functions = set(statement.targets), set(statement.unfiltered), set(statement.functions)
+    for body in bodies:
+        kinds |= body.kinds
+        targets |= body.targets
+        unfiltered |= body.unfiltered
+        functions |= body.functions
+    return replace(
+        statement,
+        kind=bodies[0].kind if statement.kind == "execute" else statement.kind,
+        kinds=frozenset(kinds),
+        tables=frozenset(t for _, t in targets),
+        functions=frozenset(functions),
+        without_where=bool(unfiltered),
+        # Already read-only when the EXECUTE sits under a plain EXPLAIN, which does not run it.
+        read_only=statement.read_only
+        or (statement.kinds - {"execute"} <= READ_ONLY_KINDS and all(b.read_only for b in bodies)),
+        targets=frozenset(targets),
+        unfiltered=frozenset(unfiltered),
+        executes=frozenset(),
+    )
