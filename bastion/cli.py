@@ -120,6 +120,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         store.close()
 
 
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    """Explain what policy decides for a statement."""
+    from .explain import run_explain
+
+    return run_explain(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo: local CA, dev-only IdP, bastion with sample targets."""
     from .demo import run_demo
@@ -185,6 +192,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", metavar="K1,K2", help="only these event kinds")
     p.add_argument("--limit", type=int, metavar="N", help="only the last N events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    policy = sub.add_parser("policy", help="Test policies before you roll them out.",
+                            description="Test policies before you roll them out.")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND")
+    policy_sub.required = True
+    explain_help = ("Print the decision for a SQL statement (or one per line with --each), the rule "
+                    "that made it and why. Exit codes: 0 allow, 3 deny, 4 review.")
+    p = policy_sub.add_parser("explain", help=explain_help, description=explain_help)
+    p.set_defaults(handler=cmd_policy_explain)
+    _with_config(p)
+    from .explain import add_arguments as explain_arguments
+
+    explain_arguments(p)
 
     p = add("demo", cmd_demo, "Run a demo: local CA, a dev-only identity provider and sample targets.")
     p.add_argument("--dir", default=".bastion-demo", help="demo directory (default ./.bastion-demo)")
