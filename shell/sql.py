@@ -34,6 +34,7 @@ from pygments.lexers import MySqlLexer, PostgresLexer
 from pygments.styles import get_style_by_name
 
 from . import sqlrender
+from .app import server_app_settings
 from .commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_ERROR, EXIT_OK
 from .keys import KeyReader, multiline_until_complete, sql_bindings
 from .sql_complete import Catalog, SqlCompleter, catalog_sql, parse_catalog
@@ -146,7 +147,7 @@ def build_session(conn: SqlConnection, user: str, history: History, settings: Se
                                f"\\timing {'on' if settings.timing else 'off'}  \\? help  Tab completes  "
                                "Ctrl-D back to the bastion shell ")])
 
-    return PromptSession(
+    session: PromptSession[str] = PromptSession(
         message=prompt, prompt_continuation=lambda w, n, soft: [("class:continuation", "-> ".rjust(width))],
         bottom_toolbar=toolbar, completer=completer, complete_while_typing=False, history=history,
         lexer=PygmentsLexer(lexer), style=style, key_bindings=sql_bindings(),
@@ -154,6 +155,8 @@ def build_session(conn: SqlConnection, user: str, history: History, settings: Se
         # Nothing may run a program or stop the daemon's process from a user's keys.
         enable_system_prompt=False, enable_open_in_editor=False, enable_suspend=False,
     )
+    server_app_settings(session)
+    return session
 
 
 class Console:
