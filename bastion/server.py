@@ -20,11 +20,13 @@ from typing import Any
 
 import asyncssh
 
-from policies.model import Identity
+from policies.engine import decide
+from policies.model import Effect, Identity
 
 from .audit import Issuance
 from .errors import CertificateError
 from .runtime import Runtime
+from .sqlaccess import SqlAccess
 from .sshcert import USER_CERT, CertInfo, fingerprint, parse_certificate
 
 log = logging.getLogger(__name__)
@@ -268,12 +270,29 @@ class ConnectionHandler(asyncssh.SSHServer):
 
     # -- forwarding: refused explicitly, so the invariant does not rest on library defaults --
 
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
+        """`ssh -L PORT:TARGET:PORT bastion`: the destination is a target name, served by its proxy."""
+        target = self.runtime.config.targets.get(dest_host)
         user = self.auth.identity.user if self.auth else None
+        if self.auth is None or target is None or target.kind != "postgres":
+            reason = (f"{dest_host} is not a target that can be forwarded to; use a target name from "
+                      "`targets` as the destination, e.g. ssh -L 15432:pg-demo:5432")
+            return self._refuse_forward(user, dest_host, dest_port, "no-target", reason)
+        decision = decide(self.runtime.config.policies, self.auth.identity, target.target, "forward",
+                          self.runtime.clock())
+        if decision.effect is not Effect.ALLOW or decision.policy is None:
+            return self._refuse_forward(user, dest_host, dest_port, decision.rule, decision.reason)
+        session_id = secrets.token_hex(8)
+        self.runtime.store.append("forward.opened", user=user, source=self.peer, target=target.name,
+                                  session=session_id, rule=decision.rule, outcome="allow",
+                                  connection=self.conn_id)
+        access = SqlAccess(self.runtime, self.auth.identity, target, decision.policy, session_id, self.peer)
+        return access.serve_forward  # asyncssh runs it with the channel's reader and writer
+
+    def _refuse_forward(self, user: str | None, host: str, port: int, rule: str, reason: str) -> Any:
         self.runtime.store.append("forward.refused", user=user, source=self.peer, session=self.conn_id,
-                                  outcome="deny", destination=f"{dest_host}:{dest_port}")
-        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                        "port forwarding is not available on this bastion yet")
+                                  rule=rule, outcome="deny", destination=f"{host}:{port}", reason=reason)
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, reason)
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False  # remote forwarding would open listeners on the bastion: never

@@ -29,8 +29,12 @@ from recorders.store import Recording
 from recorders.tap import SessionTap
 from shell import commands
 from shell.app import interact
-from shell.commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_UNAVAILABLE, EXIT_USAGE, Result
+from shell.commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_ERROR, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Result
 from shell.context import ConnectOutcome, TargetView
+from shell.sql import SqlResult, run_console
+
+from .errors import BastionError
+from .sqlaccess import SqlAccess
 
 if TYPE_CHECKING:
     from .server import ConnectionHandler
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXEC_COMMAND = 4096
+MAX_STDIN = 16 * 1024 * 1024  # SQL for one-shot commands; more is refused, not truncated
 EXIT_ENDED_BY_BASTION = 255  # what OpenSSH itself returns when a connection fails
 
 
@@ -79,6 +84,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._counted = False
         self.recording: Recording | None = None
         self.tap: SessionTap | None = None
+        self._stdin = bytearray()
+        self._stdin_closed = asyncio.Event()
 
     # -- asyncssh callbacks ----------------------------------------------------
 
@@ -130,6 +137,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.tap.input(data)
         if self._input is not None:
             self._input.send_bytes(data)
+        elif self.command is not None and len(self._stdin) <= MAX_STDIN:
+            self._stdin += data
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self.tap is not None:
@@ -138,6 +147,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self._app_session.app._on_resize()
 
     def eof_received(self) -> bool:
+        self._stdin_closed.set()
         if self._input is not None:
             self._input.send_text("\x04")  # like Ctrl-D at the prompt
         return True
@@ -245,7 +255,14 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
     async def _run_exec(self) -> None:
         assert self.command is not None
         ctx = SessionContext(self)
-        result = await commands.run_line(ctx, self.command)
+        try:
+            result = await commands.run_line(ctx, self.command)
+        except BastionError as e:
+            result = Result(EXIT_ERROR, error=str(e))
+        except Exception:
+            # A bug ends this one command with a clear error; the daemon and other sessions carry on.
+            log.exception("command %r failed in session %s", self.command[:80], self.session_id)
+            result = Result(EXIT_ERROR, error="internal error in the bastion; its log has the details")
         if result is None:
             result = Result(EXIT_USAGE, error="no command given; try `help`")
         ctx.record(self.command, result)
@@ -267,11 +284,27 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         width, height, _, _ = self.chan.get_terminal_size()
         return Size(rows=height or 24, columns=width or 80)
 
+    async def stdin_text(self) -> str:
+        """What the client sent on stdin, once it closed it (one-shot commands only)."""
+        await self._stdin_closed.wait()
+        if len(self._stdin) > MAX_STDIN:
+            raise BastionError(f"stdin is larger than {MAX_STDIN // (1024 * 1024)} MiB")
+        return self._stdin.decode("utf-8", "replace")
+
+    def size_pair(self) -> tuple[int, int]:
+        """(columns, rows) of the user's terminal."""
+        size = self._size()
+        return size.columns, size.rows
+
     def _history(self) -> History:
+        return self.history(f"{self.auth.identity.user}.shell")
+
+    def history(self, name: str) -> History:
+        """A history file of this user's, kept on the bastion."""
         directory = self.runtime.config.state_dir / "history"
         try:
             directory.mkdir(mode=0o700, exist_ok=True)
-            return FileHistory(str(directory / f"{self.auth.identity.user}.shell"))
+            return FileHistory(str(directory / name))
         except OSError as e:
             log.warning("history unavailable for %s: %s", self.auth.identity.user, e)
             return InMemoryHistory()
@@ -301,25 +334,63 @@ class SessionContext:
         return [TargetView(t.name, t.kind, d.effect.value, dict(t.labels), configured[t.name].description)
                 for t, d in self._runtime.visible_targets(self.identity)]
 
-    async def connect(self, name: str) -> ConnectOutcome:
+    def _access(self, name: str, action: str) -> SqlAccess | ConnectOutcome:
+        """Ask policy whether this identity may reach ``name``; audited and marked either way."""
         configured = self._runtime.config.targets.get(name)
         if configured is None:
             return ConnectOutcome(EXIT_USAGE, f"no target named {name!r}; `targets` lists yours")
-        decision = decide(self._runtime.config.policies, self.identity, configured.target,
-                          "connect", self.now())
+        decision = decide(self._runtime.config.policies, self.identity, configured.target, "connect", self.now())
         self._runtime.store.append(
             "target.connect", user=self.identity.user, source=self._session.handler.peer,
             target=name, session=self._session.session_id, rule=decision.rule,
-            outcome=decision.effect.value, reason=decision.reason)
-        self._session.mark(f"connect {name}: {decision.effect.value} by {decision.rule}")
+            outcome=decision.effect.value, reason=decision.reason, action=action)
+        self._session.mark(f"{action} {name}: {decision.effect.value} by {decision.rule}")
         if decision.effect is Effect.DENY:
             # Same answer as for a name that does not exist would leak less, but people need the rule.
             return ConnectOutcome(EXIT_DENIED, f"denied: {decision.reason}")
         if decision.effect is Effect.APPROVAL:
             return ConnectOutcome(EXIT_APPROVAL, f"{decision.reason}; access requests are not "
                                   "available in this version of the bastion yet")
-        return ConnectOutcome(EXIT_UNAVAILABLE, f"{configured.kind} targets are not available in this "
-                              f"version of the bastion yet ({name} is allowed by policy {decision.rule})")
+        if configured.kind != "postgres" or decision.policy is None:
+            return ConnectOutcome(EXIT_UNAVAILABLE, f"{configured.kind} targets are not available in this "
+                                  f"version of the bastion yet ({name} is allowed by policy {decision.rule})")
+        return SqlAccess(self._runtime, self.identity, configured, decision.policy, self._session.session_id,
+                         self._session.handler.peer, mark=self._session.mark)
+
+    async def connect(self, name: str) -> ConnectOutcome:
+        access = self._access(name, "connect")
+        if isinstance(access, ConnectOutcome):
+            return access
+        try:
+            client = await access.console_client()
+        except BastionError as e:
+            return ConnectOutcome(EXIT_ERROR, str(e))
+        user = self.identity.user
+        try:
+            await run_console(client, user=user, history=self._session.history(f"{user}@{name}.sql"),
+                              size=self._session.size_pair,
+                              on_statement=lambda text: self._session.mark(f"sql {name}: {text[:200]}"))
+        finally:
+            await client.close()
+        return ConnectOutcome(EXIT_OK, f"left {name}; back in the bastion shell\n")
+
+    async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
+        access = self._access(name, "sql")
+        if isinstance(access, ConnectOutcome):
+            return access
+        try:
+            client = await access.console_client()
+        except BastionError as e:
+            return ConnectOutcome(EXIT_ERROR, str(e))
+        try:
+            return await client.execute(sql)
+        except ConnectionError as e:
+            return ConnectOutcome(EXIT_ERROR, str(e))
+        finally:
+            await client.close()
+
+    async def stdin(self) -> str:
+        return await self._session.stdin_text()
 
     def record(self, line: str, result: Result) -> None:
         """Write the audit event for one shell command."""

@@ -8,10 +8,13 @@ in the session's recording when a statement is refused).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from policies.guardrails import DEFAULT_RULE, Verdict, evaluate
 from policies.masking import Column as MaskColumn
@@ -19,10 +22,21 @@ from policies.masking import ColumnPlan, Masker
 from policies.model import Identity, Policy, StatementEffect
 from policies.pgtypes import mask_binary
 from policies.sql import SqlError, Statement, classify, resolve_execute
+from recorders.asciicast import Header
+from recorders.store import Recording
+from recorders.tap import SessionTap
 
 from .audit import AuditStore
-from .config import Config
-from .proxies.base import Column, RowMasker, StatementEvent, StatementVerdict
+from .config import Config, TargetConfig
+from .errors import BastionError
+from .proxies.base import Column, RowMasker, StatementEvent, StatementVerdict, Upstream
+from .proxies.pgclient import PgClient
+from .proxies.postgres import serve_client
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 MAX_AUDITED_SQL = 8192
 REVIEW_UNAVAILABLE = "held statements need the approvals feature, which is not available yet; the statement was not run"
@@ -132,3 +146,92 @@ def _as_statement_verdict(verdict: Verdict) -> StatementVerdict:
     if verdict.effect is StatementEffect.REVIEW:
         return StatementVerdict(StatementEffect.REVIEW, verdict.rule, f"{verdict.reason}; {REVIEW_UNAVAILABLE}")
     return StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
+
+
+# -- opening SQL access for a session ---------------------------------------------------
+
+
+def upstream_for(target: TargetConfig) -> Upstream:
+    """How the proxy logs in to a target: the bastion's own credentials, resolved now."""
+    if target.user is None:
+        raise BastionError(f"target {target.name} has no user configured; ask an administrator")
+    password = target.password.resolve() if target.password is not None else ""
+    return Upstream(host=target.address.host, port=target.address.port, user=target.user, password=password,
+                    database=target.database, name=target.name)
+
+
+@dataclass
+class SqlAccess:
+    """What one session needs to reach a SQL target through the proxy."""
+
+    runtime: Runtime
+    identity: Identity
+    target: TargetConfig
+    policy: Policy
+    session: str
+    source: str
+    mark: Callable[[str], None] | None = None
+
+    def inspector(self, on_event: Callable[[StatementEvent], None] | None = None) -> PolicyInspector:
+        """A fresh inspector for one client connection."""
+        return PolicyInspector(config=self.runtime.config, store=self.runtime.store, identity=self.identity,
+                               target=self.target.name, policy=self.policy, session=self.session,
+                               source=self.source, mark=self.mark, on_event=on_event)
+
+    async def console_client(self) -> PgClient:
+        """A connected in-process client, for the console and `sql` commands. Raises BastionError."""
+        inspector = self.inspector()
+        client = PgClient(self.target.name, upstream_for(self.target), inspector, f"{self.session}/{self.target.name}",
+                          masked_names=lambda: inspector.masked_columns)
+        try:
+            await client.connect(self.identity.user, self.target.database)
+        except ConnectionError as e:
+            await client.close()
+            raise BastionError(f"cannot open {self.target.name}: {e}") from e
+        return client
+
+    async def serve_forward(self, reader: Any, writer: Any) -> None:
+        """Serve a native client (psql, drivers, GUIs) that reached us with `ssh -L`; record a transcript."""
+        runtime = self.runtime
+        assert runtime.recordings is not None
+        header = Header(width=120, height=40, timestamp=int(runtime.clock()),
+                        title=f"{self.identity.user} -> {self.target.name} (forwarded)")
+        recording = runtime.recordings.open(self.session, user=self.identity.user, target=self.target.name,
+                                            header=header)
+        transcript = SessionTap(recording.writer, redact_echo_off=False)
+        runtime.taps.add(transcript)
+        transcript.marker(f"forwarded connection to {self.target.name} from {self.source}")
+
+        def record(event: StatementEvent) -> None:
+            transcript.output(_transcript_lines(event).encode())
+
+        try:
+            upstream = upstream_for(self.target)
+            await serve_client(reader, writer, upstream, self.inspector(on_event=record),
+                               session_label=f"{self.session}/{self.target.name}")
+        except BastionError as e:
+            log.warning("forward to %s refused: %s", self.target.name, e)
+            writer.close()
+        finally:
+            transcript.marker("forwarded connection closed")
+            runtime.taps.discard(transcript)
+            await asyncio.to_thread(_seal, transcript, recording)
+            runtime.store.append("recording.closed", user=self.identity.user, session=self.session,
+                                 target=self.target.name)
+
+
+def _seal(tap: SessionTap, recording: Recording) -> None:
+    tap.close()
+    recording.close()
+
+
+def _transcript_lines(event: StatementEvent) -> str:
+    """How one statement of a forwarded session reads in its recording."""
+    verdict = event.verdict
+    if not verdict.allowed:
+        summary = f"-- {verdict.effect.value} by {verdict.rule}: {verdict.reason}"
+    elif event.error:
+        summary = f"-- error: {event.error}"
+    else:
+        summary = f"-- {', '.join(event.tags) or 'ok'} ({event.duration * 1000:.1f} ms)"
+    return f"{event.sql.rstrip().rstrip(';')};\r\n{summary}\r\n\r\n".replace("\n", "\r\n").replace("\r\r\n", "\r\n")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import render
-from .context import ShellContext
+from .context import ConnectOutcome, ShellContext
 
 # Exit codes of one-shot commands (documented in docs/shell.md).
 EXIT_OK = 0
@@ -60,6 +60,7 @@ class Command:
     json: bool = False  # accepts --json
     completes_targets: bool = False
     aliases: tuple[str, ...] = field(default=())
+    raw: bool = False  # the handler parses its own options
 
 
 COMMANDS: dict[str, Command] = {}
@@ -67,12 +68,12 @@ COMMANDS: dict[str, Command] = {}
 
 def command(
     name: str, usage: str, summary: str, *, min_args: int = 0, max_args: int = 0,
-    json: bool = False, completes_targets: bool = False, aliases: tuple[str, ...] = (),
+    json: bool = False, completes_targets: bool = False, aliases: tuple[str, ...] = (), raw: bool = False,
 ) -> Callable[[Handler], Handler]:
     """Register a shell command."""
 
     def register(handler: Handler) -> Handler:
-        cmd = Command(name, usage, summary, handler, max_args, min_args, json, completes_targets, aliases)
+        cmd = Command(name, usage, summary, handler, max_args, min_args, json, completes_targets, aliases, raw)
         for key in (name, *aliases):
             COMMANDS[key] = cmd
         return handler
@@ -96,6 +97,8 @@ def parse(line: str) -> tuple[Command, Args] | Result | None:
     cmd = COMMANDS.get(words[0])
     if cmd is None:
         return Result(EXIT_USAGE, error=f"unknown command {words[0]!r}; type `help` to see the commands")
+    if cmd.raw:
+        return cmd, Args(tuple(words[1:]))
     as_json = "--json" in words[1:]
     positional = tuple(w for w in words[1:] if w != "--json")
     if as_json and not cmd.json:
@@ -162,6 +165,34 @@ async def _connect(ctx: ShellContext, args: Args) -> Result:
     if outcome.code == EXIT_OK:
         return Result(text=outcome.message)
     return Result(outcome.code, error=outcome.message)
+
+
+SQL_USAGE = "sql TARGET [--format table|json|csv] [SQL]"
+
+
+@command("sql", SQL_USAGE, "Run SQL on a target and print the result; without SQL, read it from stdin.",
+         completes_targets=True, raw=True)
+async def _sql(ctx: ShellContext, args: Args) -> Result:
+    from .sql import exit_code  # shell.sql imports this module
+    from .sqlrender import diagnostics, render
+
+    words, fmt = list(args.positional), "table"
+    if "--format" in words:
+        at = words.index("--format")
+        if at + 1 >= len(words) or words[at + 1] not in ("table", "json", "csv"):
+            return Result(EXIT_USAGE, error=f"--format takes table, json or csv; usage: {SQL_USAGE}")
+        fmt = words[at + 1]
+        del words[at:at + 2]
+    if not words or len(words) > 2 or words[0].startswith("--"):
+        return Result(EXIT_USAGE, error=f"usage: {SQL_USAGE}")
+    sql = words[1] if len(words) == 2 else await ctx.stdin()
+    if not sql.strip():
+        return Result(EXIT_USAGE, error="no SQL given, neither as an argument nor on stdin")
+    outcome = await ctx.run_sql(words[0], sql)
+    if isinstance(outcome, ConnectOutcome):
+        return Result(outcome.code, error=outcome.message)
+    return Result(exit_code(outcome), text=render(outcome, fmt),
+                  error=diagnostics(outcome).rstrip("\n") if fmt == "csv" else "")
 
 
 @command("exit", "exit", "Leave the bastion.", aliases=("quit", "logout"))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from policies.model import Identity
+
+if TYPE_CHECKING:
+    from .sql import SqlResult
 
 
 @dataclass(frozen=True)
@@ -45,4 +48,12 @@ class ShellContext(Protocol):
 
     def now(self) -> float:
         """The current time (the bastion's clock)."""
+        ...
+
+    async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
+        """Run SQL on a target through its proxy; a ConnectOutcome when policy or the target refuses."""
+        ...
+
+    async def stdin(self) -> str:
+        """Everything the client sends on stdin, until it closes it (one-shot commands)."""
         ...

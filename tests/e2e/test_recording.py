@@ -58,7 +58,7 @@ def test_interactive_session_records_keystrokes_output_resize_and_markers(
     term.expect("groups:")
     term.setwinsize(40, 140)
     time.sleep(0.3)
-    term.send("connect pg-demo\r")
+    term.send("connect web-1\r")
     term.expect("not available")
     term.send("exit\r")
     term.expect(pexpect.EOF)
@@ -70,13 +70,13 @@ def test_interactive_session_records_keystrokes_output_resize_and_markers(
     assert (header.width, header.height) == (100, 24) and header.env.get("TERM") == "xterm"
     events = list(iter_events(path))
     typed = "".join(e.data for e in events if e.code == "i")
-    assert "whoami\r" in typed and "connect pg-demo\r" in typed
+    assert "whoami\r" in typed and "connect web-1\r" in typed
     shown = strip_ansi("".join(e.data for e in events if e.code == "o"))
     assert "groups:      dev, sre" in shown
     assert ("r", "140x40") in [(e.code, e.data) for e in events]
     marks = [e.data for e in events if e.code == "m"]
     assert marks[0].startswith("session started: carol (dev, sre) from 127.0.0.1")
-    assert "connect pg-demo: allow by dev-demo" in marks and marks[-1] == "session ended"
+    assert "connect web-1: allow by sre-all" in marks and marks[-1] == "session ended"
     assert [e.time for e in events] == sorted(e.time for e in events)
     closed = bastion.wait_event("recording.closed", lambda e: e.session == row["session_id"])
     assert closed.detail["sha256"] == row["sha256"]

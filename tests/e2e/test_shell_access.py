@@ -41,7 +41,7 @@ def test_whoami_json_reports_token_groups_and_expiry(client: Client, oidc_issuer
 
 
 @pytest.mark.parametrize(("command", "code", "message"), [
-    (("connect", "pg-demo"), 5, "postgres targets are not available in this version"),
+    (("connect", "pg-demo"), 1, "target pg-demo has no user configured; ask an administrator"),
     (("connect", "pg-prod"), 4, "requires an approved request"),
     (("connect", "vault"), 3, "denied: no policy gives alice access to vault"),
     (("connect", "nope"), 2, "no target named 'nope'"),
@@ -112,10 +112,10 @@ def test_interactive_shell_prompt_whoami_completion_and_exit(client: Client, oid
     term.type("\r")
     screen = term.wait_for("groups:      dev, sre")
     assert "user:        carol" in screen
-    term.type("connect pg-d\t")
-    term.wait_for("connect pg-demo")
+    term.type("connect we\t")
+    term.wait_for("connect web-1")
     term.type("\r")
-    term.wait_for("not available in this version")
+    term.wait_for("ssh targets are not available in this version")
     term.child.setwinsize(40, 140)
     term.type("targets\r")
     term.wait_for("web-1")

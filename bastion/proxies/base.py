@@ -1,0 +1,168 @@
+"""What every protocol proxy shares: the upstream it logs in to, and the policy hooks it calls.
+
+A proxy never decides policy. The bastion hands it, per session, an
+:class:`Inspector` that judges each statement, supplies maskers for results and
+records one :class:`StatementEvent` per statement. The proxy enforces what the
+inspector says, in the protocol's own terms.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bastion.errors import BastionError
+from policies.model import StatementEffect
+
+TLS_MODES = ("disable", "require", "verify-full")
+
+Column = tuple[str | None, str, int]
+"""One result column as maskers see it: ("schema.table" or None, column name, type oid)."""
+
+
+class ProxyError(BastionError):
+    """A proxy could not serve a connection. The message is safe to show to the client."""
+
+    sqlstate = "58000"
+
+
+class NotAllowed(ProxyError):
+    """The client asked for something the bastion never allows on this path."""
+
+    sqlstate = "42501"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """How the proxy reaches one target. The caller resolves ``password`` from the target's SecretRef."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)  # never logged, never shown: repr() leaves it out
+    database: str | None = None
+    tls: str = "disable"               # disable | require | verify-full
+    ca_file: str | None = None         # verify-full: the CA bundle; None = the system's trust store
+    name: str = ""                     # the target's name, for messages ("cannot reach target pg-prod")
+
+    def __post_init__(self) -> None:
+        if self.tls not in TLS_MODES:
+            raise ProxyError(f"target {self.label}: tls must be one of {', '.join(TLS_MODES)}")
+
+    @property
+    def label(self) -> str:
+        """How messages name this target: its name, else host:port."""
+        return self.name or f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class StatementVerdict:
+    """The inspector's decision on one statement (or one multi-statement message)."""
+
+    effect: StatementEffect
+    rule: str
+    reason: str
+
+    @property
+    def allowed(self) -> bool:
+        """True when the statement may be forwarded."""
+        return self.effect == StatementEffect.ALLOW
+
+
+@dataclass(frozen=True)
+class StatementEvent:
+    """What happened to one statement, for the audit trail.
+
+    ``params`` are the bound values of an extended-protocol Execute, as text
+    (binary values appear as ``<binary N bytes>``), already passed through the
+    session's free-text masker. The inspector's ``audit`` must still redact the
+    values bound to masked columns, which only it can map from the parsed SQL.
+    """
+
+    sql: str
+    verdict: StatementVerdict
+    params: tuple[str | None, ...] = ()
+    rows: int | None = None             # from the command tag(s): SELECT n, UPDATE n, ...
+    tags: tuple[str, ...] = ()          # every command tag the target sent (several for a multi-statement Query)
+    duration: float = 0.0               # seconds from forwarding to completion; 0 for refusals
+    error: str | None = None            # the target's error message, masked; or why it never ran
+
+
+class RowMasker(Protocol):
+    """Masks the values of one result shape; built by the inspector from its columns."""
+
+    def text_row(self, values: list[bytes | None]) -> list[bytes | None]:
+        """Return the row to send: the same list (or equal values) when nothing changes."""
+        ...
+
+    def binary_value(self, index: int, type_oid: int, value: bytes) -> bytes | None:
+        """Return a valid binary encoding for ``type_oid``, the value itself, or None for NULL."""
+        ...
+
+    def free_text(self, text: str) -> str:
+        """Mask values inside prose: notices, error messages, COPY text lines."""
+        ...
+
+
+class Inspector(Protocol):
+    """The bastion's policy side for one session; the proxy calls it and enforces its answers."""
+
+    def check(self, sql: str) -> StatementVerdict:
+        """Judge one Query message or one Parse, before anything is forwarded."""
+        ...
+
+    def masker_for(self, columns: Sequence[Column]) -> RowMasker | None:
+        """A masker for a result with these columns, or None when nothing in it is masked.
+
+        An empty ``columns`` asks for the session's free-text masker: errors,
+        notices, COPY OUT lines and audited parameters go through it.
+        """
+        ...
+
+    def audit(self, event: StatementEvent) -> None:
+        """Record one statement's outcome."""
+        ...
+
+
+class ByteReader(Protocol):
+    """The read side of a client stream (asyncio.StreamReader or asyncssh.SSHReader)."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+    async def readexactly(self, n: int) -> bytes: ...
+
+
+class ByteWriter(Protocol):
+    """The write side of a client stream (asyncio.StreamWriter or asyncssh.SSHWriter)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def writelines(self, data: Iterable[bytes]) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
+class ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A child logger that prefixes each message with its connection's label."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['label'] if self.extra else '?'}] {msg}", kwargs
+
+
+def require_loopback(host: str) -> None:
+    """Refuse to listen anywhere but loopback: the proxies trust whoever reaches them."""
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass  # not an address literal: refused below like any other non-loopback name
+    raise ProxyError(f"refusing to listen on {host!r}: proxies listen on loopback only")

@@ -1,0 +1,354 @@
+"""The target-to-client half of a PostgreSQL session: place each response, mask it, audit it.
+
+Rows stream through: each chunk read from the target is scanned once, and only
+the messages that change (masked rows, masked errors) are rebuilt; every other
+byte goes out as it came in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+from . import pg_handshake as hs
+from . import pgwire as w
+from .base import ByteWriter, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
+from .pg_state import Await, Pending, Result, Shape
+from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection
+
+CHUNK = 256 * 1024
+MAX_SHAPES = 1024
+FREE_TEXT_FIELDS = frozenset("MDHWq")  # message, detail, hint, context, internal query
+NOT_RUN = "not executed: an earlier message of the same pipeline failed"
+_UNSET: object = object()
+
+
+def write_chunk(writer: ByteWriter | asyncio.StreamWriter, buf: bytes, out: list[bytes], seg: int,
+                rest: int) -> None:
+    """Send the relayed part of a chunk: as it came when nothing was rewritten, else the pieces in order."""
+    if seg == 0 and rest == len(buf):
+        writer.write(buf)
+    else:
+        out.append(buf[seg:rest])
+        writer.write(b"".join(out))
+
+
+class LostTrack(ProxyError):
+    """The target's responses do not match what was forwarded; masking could no longer be trusted."""
+
+    sqlstate = "08P01"
+
+
+class ResultRelay:
+    """Relays the target's responses in the order the client expects them."""
+
+    def __init__(self, writer: ByteWriter, conn: UpstreamConnection, upstream: Upstream,
+                 inspector: Inspector, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self.client_writer = writer
+        self.conn = conn
+        self.inspector = inspector
+        self.log = logger
+        self.tables = TableNames(upstream, logger)
+        self.pending: deque[Pending] = deque()
+        self.skipping = False        # the target reported an extended-protocol error: it skips to Sync
+        self.result: Result | None = None
+        self.copy_masking = False
+        self.shapes: dict[bytes, Shape] = {}
+        self._free: object = _UNSET
+        self._after: list[bytes] = []  # our own replies that follow the message being relayed
+
+    def close(self) -> None:
+        """Release what the session holds besides its two streams."""
+        self.tables.close()
+
+    @property
+    def free(self) -> RowMasker | None:
+        """The session's free-text masker (errors, notices, COPY lines, audited values), fetched once."""
+        if self._free is _UNSET:
+            self._free = self.inspector.masker_for(())
+        return self._free  # type: ignore[return-value]
+
+    # ---- the response queue -----------------------------------------------------------------
+
+    def push(self, item: Pending) -> None:
+        """Expect a response for a message just forwarded (called by the client relay)."""
+        self.pending.append(item)
+
+    def local(self, reply: bytes) -> None:
+        """Send one of our own replies as soon as everything before it has been relayed."""
+        if self.pending:
+            self.pending.append(Pending(Await.LOCAL, reply=reply))
+        elif not self.skipping:  # the target is discarding up to Sync: so would a real server
+            self.client_writer.write(reply)
+
+    def _pop(self) -> Pending:
+        pending = self.pending
+        item = pending.popleft()
+        while pending and pending[0].kind is Await.LOCAL:
+            reply = pending.popleft().reply
+            if not self.skipping:
+                self._after.append(reply)
+        return item
+
+    def _head(self, *kinds: Await) -> Pending:
+        if self.pending and self.pending[0].kind in kinds:
+            return self.pending[0]
+        seen = self.pending[0].kind.name if self.pending else "nothing"
+        raise LostTrack(f"the target's response does not match the request (expected {seen})")
+
+    def audit(self, event: StatementEvent) -> None:
+        """Hand one event to the inspector; an audit trail that fails closes the session."""
+        try:
+            self.inspector.audit(event)
+        except Exception as e:  # broad on purpose: whatever broke, nothing may run unaudited
+            self.log.exception("the audit trail failed; closing the session")
+            raise ProxyError("the bastion could not record this statement; the session is closed") from e
+
+    def _finish(self, item: Pending) -> None:
+        if item.verdict is None:
+            return
+        counts = [n for n in map(w.rows_from_tag, item.tags) if n is not None]
+        self.audit(StatementEvent(item.sql, item.verdict, item.params, sum(counts) if counts else None,
+                                  tuple(item.tags), time.monotonic() - item.started, item.error))
+
+    # ---- the relay --------------------------------------------------------------------------
+
+    async def target_relay(self) -> None:
+        """Relay the target's messages to the client until the target closes."""
+        reader, client = self.conn.reader, self.client_writer
+        buf = b""
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                self.log.info("the target closed the connection")
+                return
+            buf = buf + data if buf else data
+            msgs, rest = w.frames(buf, 0, UPSTREAM_MAX_MESSAGE)
+            out: list[bytes] = []
+            seg = 0
+            for typ, start, end in msgs:
+                if typ == w.DATA_ROW:
+                    result = self.result or self._begin_rows()
+                    if result.masker is None:
+                        continue
+                    repl = self._mask_row(result, buf, start, end)
+                elif typ == w.ROW_DESCRIPTION:
+                    body = buf[start:end]
+                    if body not in self.shapes:
+                        # Flush first: our own replies must not overtake what came before this.
+                        out.append(buf[seg:start - 5])
+                        seg = start - 5
+                        client.write(b"".join(out))
+                        out = []
+                        await self._learn_shape(body)
+                    repl = self._row_description(self.shapes[body])
+                else:
+                    repl = self._message(typ, buf[start:end])
+                if self._after:
+                    repl = (buf[start - 5:end] if repl is None else repl) + b"".join(self._after)
+                    self._after.clear()
+                if repl is not None:
+                    out.append(buf[seg:start - 5])
+                    out.append(repl)
+                    seg = end
+            write_chunk(client, buf, out, seg, rest)
+            await client.drain()
+            buf = buf[rest:]
+            need = w.pending_length(buf, 0)
+            if need > CHUNK:
+                buf += await reader.readexactly(need)
+
+    async def _learn_shape(self, body: bytes) -> None:
+        fields = w.parse_row_description(body)
+        oids = {f.table_oid for f in fields if f.table_oid}
+        names = (self.tables.cached(oids) or await self.tables.resolve(oids)) if oids else {}
+        columns = tuple((names.get(f.table_oid), f.name, f.type_oid) for f in fields)
+        if len(self.shapes) >= MAX_SHAPES:
+            self.shapes.clear()
+        self.shapes[body] = Shape(fields, columns, self.inspector.masker_for(columns))
+
+    def _row_description(self, shape: Shape) -> bytes | None:
+        head = self._head(Await.QUERY, Await.DESCRIBE_S, Await.DESCRIBE_P)
+        if head.kind is Await.QUERY:
+            self.result = shape.as_described
+            return None
+        self._pop()
+        if head.kind is Await.DESCRIBE_S:
+            if head.statement is not None:
+                head.statement.shape = shape
+            return None
+        if head.portal is not None:
+            head.portal.shape = shape
+        return b"" if head.internal else None
+
+    def _begin_rows(self) -> Result:
+        head = self._head(Await.EXECUTE)
+        portal = head.portal
+        if portal is not None and portal.shape is not None:
+            self.result = portal.shape.as_described
+        elif portal is not None and portal.statement is not None and portal.statement.shape is not None:
+            self.result = Result.of(portal.statement.shape, portal.formats)
+        else:
+            raise LostTrack("rows arrived for a result the proxy could not describe")
+        return self.result
+
+    def _mask_row(self, result: Result, buf: bytes, start: int, end: int) -> bytes | None:
+        masker = result.masker
+        assert masker is not None
+        values = w.split_datarow(buf, start, end)
+        if len(values) != len(result.formats):
+            raise LostTrack("a row does not match its RowDescription")
+        if result.all_text:
+            new = masker.text_row(values)
+            if new is values:
+                return None
+        else:
+            formats = result.formats
+            new = list(masker.text_row([None if f else v for v, f in zip(values, formats, strict=True)]))
+            for i, f in enumerate(formats):
+                value = values[i]
+                if f:
+                    new[i] = None if value is None else masker.binary_value(i, result.oids[i], value)
+        if len(new) != len(values):
+            raise ProxyError("the masker changed the number of columns")
+        return w.replace_cells(buf, start, end, values, new)
+
+    def _message(self, typ: int, body: bytes) -> bytes | None:
+        """Track and rewrite one response other than rows and row descriptions."""
+        if typ == w.COMMAND_COMPLETE:
+            self.result, self.copy_masking = None, False
+            head = self._head(Await.QUERY, Await.EXECUTE)
+            head.tags.append(w.parse_tag(body))
+            if head.kind is Await.EXECUTE:
+                self._finish(self._pop())
+            return None
+        if typ == w.READY:
+            self.result, self.copy_masking = None, False
+            self._ready()
+            return None
+        if typ in _SIMPLE_ACKS:
+            self._pop_expected(_SIMPLE_ACKS[typ])
+            return None
+        if typ == w.ERROR:
+            return self._error(body)
+        if typ == w.NOTICE:
+            return self._mask_fields(typ, body)
+        if typ == w.NOTIFICATION:
+            return self._mask_notification(body)
+        if typ == w.PARAMETER_STATUS:
+            name, value = hs.parse_parameter_status(body)
+            if name == "client_encoding" and value.upper() not in ("UTF8", "UTF-8", "UNICODE"):
+                self.log.warning("client_encoding is now %s: maskers expect UTF-8", value)
+            return None
+        if typ in (w.PARAM_DESCRIPTION, w.COPY_IN, w.FUNCTION_RESULT):
+            return None
+        if typ == w.COPY_DATA:
+            return self._mask_copy(body) if self.copy_masking else None
+        if typ == w.COPY_DONE:
+            self.copy_masking = False
+            return None
+        if typ == w.NO_DATA:
+            head = self._head(Await.DESCRIBE_S, Await.DESCRIBE_P)
+            self._pop()
+            empty = Shape((), (), None)
+            if head.statement is not None:
+                head.statement.shape = empty
+            if head.portal is not None:
+                head.portal.shape = empty
+            return b"" if head.internal else None
+        if typ in (w.EMPTY_QUERY, w.PORTAL_SUSPENDED):
+            self.result = None
+            if self._head(Await.QUERY, Await.EXECUTE).kind is Await.EXECUTE:
+                self._finish(self._pop())
+            return None
+        if typ == w.COPY_OUT:
+            self._copy_out(body)
+            return None
+        if typ == w.COPY_BOTH:
+            raise NotAllowed("replication streams are not supported through the bastion")
+        raise w.ProtocolError(f"the target sent an unexpected message {chr(typ)!r}")
+
+    def _pop_expected(self, kind: Await) -> None:
+        self._head(kind)
+        self._pop()
+
+    def _ready(self) -> None:
+        if self.skipping:
+            # The target skipped everything up to this Sync; so do we, refusals included.
+            while self.pending and self.pending[0].kind is not Await.SYNC:
+                item = self.pending.popleft()
+                if item.kind in (Await.EXECUTE, Await.QUERY):
+                    item.error = NOT_RUN
+                    self._finish(item)
+            self.skipping = False
+        head = self._head(Await.SYNC, Await.QUERY)
+        self._pop()
+        if head.kind is Await.QUERY:
+            self._finish(head)
+
+    def _error(self, body: bytes) -> bytes | None:
+        fields = w.parse_fields(body)
+        masked = self._masked(fields)
+        text = dict(masked).get("M", "")
+        self.result, self.copy_masking = None, False
+        head = self.pending[0] if self.pending else None
+        if head is None or head.kind is Await.SYNC:
+            pass  # an error outside any statement (shutdown, a failed COMMIT at Sync): relay it
+        elif head.kind is Await.QUERY:
+            head.error = head.error or text
+        else:
+            # Extended protocol: the target now discards everything up to Sync, our refusals included.
+            self.skipping = True
+            item = self._pop()
+            if item.kind is Await.EXECUTE:
+                item.error = text
+                self._finish(item)
+            elif item.internal and item.reply:
+                return item.reply  # the error we provoked to roll back a refused batch: say why instead
+        return None if masked is fields else w.build_fields(w.ERROR, masked)
+
+    def _masked(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        free = self.free
+        if free is None:
+            return fields
+        out = [(code, free.free_text(value) if code in FREE_TEXT_FIELDS else value) for code, value in fields]
+        return fields if out == fields else out
+
+    def _mask_fields(self, typ: int, body: bytes) -> bytes | None:
+        fields = w.parse_fields(body)
+        masked = self._masked(fields)
+        return None if masked is fields else w.build_fields(typ, masked)
+
+    def _mask_notification(self, body: bytes) -> bytes | None:
+        free = self.free
+        if free is None:
+            return None
+        pid, channel_and_payload = body[:4], body[4:]
+        parts = channel_and_payload.split(b"\0")
+        if len(parts) < 2:
+            raise w.ProtocolError("malformed NotificationResponse from the target")
+        payload = parts[1].decode("utf-8", "surrogateescape")
+        masked = free.free_text(payload)
+        if masked == payload:
+            return None
+        return w.message(w.NOTIFICATION, pid + parts[0] + b"\0" + masked.encode("utf-8", "surrogateescape") + b"\0")
+
+    def _copy_out(self, body: bytes) -> None:
+        overall, _ = w.parse_copy_response(body)
+        if self.free is None:
+            return
+        if overall != 0:
+            raise NotAllowed("binary COPY output cannot be masked; use COPY ... TO STDOUT with text or csv format")
+        self.copy_masking = True
+
+    def _mask_copy(self, body: bytes) -> bytes | None:
+        free = self.free
+        assert free is not None
+        line = body.decode("utf-8", "surrogateescape")
+        masked = free.free_text(line)
+        return None if masked == line else w.message(w.COPY_DATA, masked.encode("utf-8", "surrogateescape"))
+
+
+_SIMPLE_ACKS = {w.PARSE_COMPLETE: Await.PARSE, w.BIND_COMPLETE: Await.BIND, w.CLOSE_COMPLETE: Await.CLOSE}

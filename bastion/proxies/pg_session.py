@@ -1,0 +1,240 @@
+"""One PostgreSQL proxy session after login: two relays that inspect, mask and audit.
+
+The client relay judges every Query and Parse before forwarding it, and notes
+in a queue (:class:`~.pg_state.Pending`) what response each forwarded message
+will get. The target relay walks that queue as responses arrive, so it knows
+which result each row belongs to, masks rows and messages, sends the proxy's
+own refusals in their turn, and writes one audit event per statement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from policies.model import StatementEffect
+
+from . import pgwire as w
+from .base import ByteReader, ByteWriter, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
+from .pg_results import ResultRelay, write_chunk
+from .pg_state import Await, Pending, Portal, Statement, render_params
+from .pg_upstream import UpstreamConnection
+
+CHUNK = 256 * 1024
+SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
+SQLSTATE_REVIEW = "42501"   # held for review: refused the same way until approvals exist
+CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
+
+
+class PgSession(ResultRelay):
+    """The relays of one client connection and the state they share."""
+
+    def __init__(self, reader: ByteReader, writer: ByteWriter, conn: UpstreamConnection, upstream: Upstream,
+                 inspector: Inspector, logger: logging.LoggerAdapter, *,  # type: ignore[type-arg]
+                 max_message: int = w.DEFAULT_MAX_MESSAGE) -> None:
+        super().__init__(writer, conn, upstream, inspector, logger)
+        self.client_reader = reader
+        self.max_message = max_message
+        self.statements: dict[str, Statement] = {}
+        self.portals: dict[str, Portal] = {}
+        self.discarding = False      # after our own refusal in the extended protocol: drop until Sync
+        self.batch_executes = 0      # Executes forwarded since the last Sync: a refusal must undo them
+        self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
+        self.terminated = False
+
+    async def run(self) -> None:
+        """Relay both ways until either side closes; raise what ended it abnormally."""
+        front = asyncio.create_task(self._client_relay())
+        back = asyncio.create_task(self.target_relay())
+        try:
+            done, _ = await asyncio.wait({front, back}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (front, back):
+                task.cancel()
+            await asyncio.gather(front, back, return_exceptions=True)
+        for task in done:
+            task.result()
+
+    # ---- client -> target -------------------------------------------------------------------
+
+    async def _client_relay(self) -> None:
+        read, up = self.client_reader.read, self.conn.writer
+        buf = b""
+        while True:
+            data = await read(CHUNK)
+            if not data:
+                self.log.debug("client closed the connection")
+                return
+            buf = buf + data if buf else data
+            msgs, rest = w.frames(buf, 0, self.max_message)
+            out: list[bytes] = []
+            seg = 0
+            for typ, start, end in msgs:
+                if typ == w.COPY_DATA and not self.discarding:
+                    continue
+                repl = self._client_message(typ, buf[start:end])
+                if repl is not None:
+                    out.append(buf[seg:start - 5])
+                    out.append(repl)
+                    seg = end
+                if self.terminated:
+                    rest = end
+                    break
+            write_chunk(up, buf, out, seg, rest)
+            await up.drain()
+            if self.terminated:
+                self.log.debug("client terminated the session")
+                return
+            buf = buf[rest:]
+            need = w.pending_length(buf, 0)
+            if need > CHUNK:
+                buf += await self.client_reader.readexactly(need)
+
+    def _client_message(self, typ: int, body: bytes) -> bytes | None:
+        """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
+        if self.discarding and typ not in (w.SYNC, w.TERMINATE):
+            return b""
+        if typ == w.PARSE:
+            return self._on_parse(body)
+        if typ == w.BIND:
+            return self._on_bind(body)
+        if typ == w.EXECUTE:
+            return self._on_execute(body)
+        if typ == w.DESCRIBE:
+            kind, name = w.parse_target(body)
+            if kind == "S":
+                statement = self.statements.get(name)
+                if statement is not None:
+                    statement.described = True
+                self.push(Pending(Await.DESCRIBE_S, statement=statement))
+            else:
+                portal = self.portals.get(name)
+                if portal is not None:
+                    portal.described = True
+                self.push(Pending(Await.DESCRIBE_P, portal=portal))
+            return None
+        if typ == w.SYNC:
+            self.discarding = False
+            self.batch_executes = 0
+            self.push(Pending(Await.SYNC))
+            return None
+        if typ == w.QUERY:
+            return self._on_query(body)
+        if typ == w.CLOSE:
+            kind, name = w.parse_target(body)
+            if kind == "S":
+                self.statements.pop(name, None)
+            else:
+                self.portals.pop(name, None)
+            self.push(Pending(Await.CLOSE))
+            return None
+        if typ in (w.FLUSH, w.COPY_DONE, w.COPY_FAIL, w.COPY_DATA):
+            return None
+        if typ == w.TERMINATE:
+            self.terminated = True
+            return None
+        if typ == w.FUNCTION_CALL:
+            verdict = StatementVerdict(StatementEffect.DENY, "bastion",
+                                       "fast-path function calls cannot be inspected")
+            self.local(self.refuse("<function call>", verdict))
+            self.push(Pending(Await.SYNC))
+            return w.SYNC_MESSAGE
+        raise w.ProtocolError(f"unexpected message type {chr(typ)!r} from the client")
+
+    def _check(self, sql: str) -> StatementVerdict:
+        try:
+            return self.inspector.check(sql)
+        except Exception:  # broad on purpose: a failing policy engine must refuse, not crash the session
+            self.log.exception("the inspector failed; the statement is refused")
+            return StatementVerdict(StatementEffect.DENY, "bastion", "the statement could not be checked")
+
+    def _on_query(self, body: bytes) -> bytes | None:
+        sql = w.parse_query(body)
+        verdict = self._check(sql)
+        self.batch_executes = 0
+        if verdict.allowed:
+            self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic()))
+            return None
+        self.local(self.refuse(sql, verdict))
+        # A Sync instead of the Query: the target answers with ReadyForQuery and its true status.
+        self.push(Pending(Await.SYNC))
+        return w.SYNC_MESSAGE
+
+    def _on_parse(self, body: bytes) -> bytes | None:
+        name, sql, oids = w.parse_parse(body)
+        verdict = self._check(sql)
+        if verdict.allowed:
+            statement = Statement(sql, verdict, oids)
+            if name == "" or name not in self.statements:  # else the target refuses the duplicate
+                self.statements[name] = statement
+            self.push(Pending(Await.PARSE, statement=statement))
+            return None
+        if name == "":
+            self.statements.pop("", None)
+        return self._refuse_extended(self.refuse(sql, verdict))
+
+    def _on_bind(self, body: bytes) -> bytes | None:
+        bind = w.parse_bind(body)
+        statement = self.statements.get(bind.statement)
+        if statement is None:
+            verdict = StatementVerdict(StatementEffect.DENY, "bastion",
+                                       f'prepared statement "{bind.statement}" was not prepared through the bastion')
+            return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", verdict, sqlstate="26000"))
+        params = render_params(bind.params, bind.param_formats, statement.param_oids)
+        portal = Portal(statement.sql, statement.verdict, statement, self.masked_params(params), bind.result_formats)
+        if bind.portal == "" or bind.portal not in self.portals:
+            self.portals[bind.portal] = portal
+        self.push(Pending(Await.BIND, portal=portal))
+        return None
+
+    def _on_execute(self, body: bytes) -> bytes | None:
+        name, _ = w.parse_execute(body)
+        portal = self.portals.get(name)
+        if portal is None:
+            # A cursor DECLAREd in SQL (that statement passed inspection) can be fetched with Execute.
+            portal = Portal(f"<cursor {name}>", CURSOR_VERDICT, None)
+        inject = b""
+        if not portal.described and not (portal.statement is not None and portal.statement.described):
+            # Rows cannot be masked without their columns: ask the target, keep the answer to ourselves.
+            portal.described = True
+            self.push(Pending(Await.DESCRIBE_P, portal=portal, internal=True))
+            inject = w.describe_message("P", name)
+        self.push(Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
+                          params=portal.params, started=time.monotonic()))
+        self.batch_executes += 1
+        return inject + w.message(w.EXECUTE, body) if inject else None
+
+    # ---- refusals ---------------------------------------------------------------------------
+
+    def refuse(self, sql: str, verdict: StatementVerdict, *, sqlstate: str | None = None) -> bytes:
+        """Audit a refused statement; return the ErrorResponse that tells the client why."""
+        held = verdict.effect == StatementEffect.REVIEW
+        text = f"{'held for review' if held else 'denied'} by {verdict.rule}: {verdict.reason}"
+        self.log.info("refused a statement (%s by %s)", verdict.effect, verdict.rule)
+        self.audit(StatementEvent(sql, verdict, error=text))
+        return w.error_response(sqlstate or (SQLSTATE_REVIEW if held else SQLSTATE_DENIED), text)
+
+    def _refuse_extended(self, reply: bytes) -> bytes:
+        """Refuse inside an extended-protocol batch: discard up to Sync, as the server would after an error.
+
+        When the batch already ran an Execute, the target must see an error too,
+        so that its implicit transaction rolls back as the client expects: we
+        describe a statement that cannot exist, and send our refusal in place of
+        the target's complaint.
+        """
+        self.discarding = True
+        if not self.batch_executes:
+            self.local(reply)
+            return b""
+        self.push(Pending(Await.DESCRIBE_S, internal=True, reply=reply))
+        return w.describe_message("S", self.poison)
+
+    def masked_params(self, params: tuple[str | None, ...]) -> tuple[str | None, ...]:
+        """Bound values through the free-text masker, for the audit trail."""
+        free: RowMasker | None = self.free
+        if free is None or not params:
+            return params
+        return tuple(None if p is None else free.free_text(p) for p in params)
+

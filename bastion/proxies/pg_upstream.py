@@ -1,0 +1,279 @@
+"""The proxy's side of a PostgreSQL target: connect, TLS, log in with the target's credentials, cancel.
+
+The target's password is used here and nowhere else. It never appears in an
+exception message or a log line: errors say what failed, not with what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import ssl
+from dataclasses import dataclass, field
+
+from scramp import ScramClient, ScramException
+
+from . import pg_handshake as hs
+from . import pgwire as w
+from .base import ProxyError, Upstream
+
+SCRAM = "SCRAM-SHA-256"
+UPSTREAM_MAX_MESSAGE = 1 << 30        # PostgreSQL's own limit on one value; the target is not the adversary
+READ_LIMIT = 1 << 20                  # StreamReader buffer: fewer, larger reads on bulk results
+
+
+class UpstreamError(ProxyError):
+    """The target could not be reached or refused the bastion; the message is for the client."""
+
+    sqlstate = "08001"
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        if sqlstate:
+            self.sqlstate = sqlstate
+
+
+class UpstreamAuthError(UpstreamError):
+    """The target refused the bastion's credentials."""
+
+    sqlstate = "28P01"
+
+
+@dataclass
+class UpstreamConnection:
+    """A logged-in connection to the target, and what its startup told us."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int = 0
+    key: bytes = b""
+    startup: list[bytes] = field(default_factory=list)  # framed ParameterStatus/NoticeResponse, in order
+    status: bytes = b"I"
+
+    def close(self) -> None:
+        """Say goodbye and close, without waiting."""
+        if not self.writer.is_closing():
+            try:
+                self.writer.write(w.TERMINATE_MESSAGE)
+            except (ConnectionError, RuntimeError):
+                pass  # already gone: closing is all that is left to do
+            self.writer.close()
+
+
+def _reason(e: OSError) -> str:
+    """A short human reason for a network error ("Connection refused", "Name or service not known")."""
+    if isinstance(e, socket.gaierror) or not e.errno or e.errno < 0:
+        return e.strerror or str(e) or type(e).__name__
+    return os.strerror(e.errno)
+
+
+def _ssl_context(upstream: Upstream) -> ssl.SSLContext:
+    if upstream.tls == "verify-full":
+        return ssl.create_default_context(cafile=upstream.ca_file)
+    # "require" encrypts without authenticating the server, as libpq's sslmode=require does.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def open_stream(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP stream to the target, upgraded to TLS when its ``tls`` mode asks for it."""
+    where = f"cannot reach target {upstream.label}"
+    try:
+        reader, writer = await asyncio.open_connection(upstream.host, upstream.port, limit=READ_LIMIT)
+    except OSError as e:
+        raise UpstreamError(f"{where}: {_reason(e)}") from e
+    if upstream.tls == "disable":
+        return reader, writer
+    try:
+        writer.write(hs.ssl_request())
+        answer = await reader.readexactly(1)
+        if answer != b"S":
+            raise UpstreamError(f"{where}: it does not accept TLS, and tls is {upstream.tls}")
+        await writer.start_tls(_ssl_context(upstream), server_hostname=upstream.host)
+    except ssl.SSLError as e:
+        writer.close()
+        raise UpstreamError(f"{where}: TLS failed: {e.reason or e}") from e
+    except (OSError, asyncio.IncompleteReadError) as e:
+        writer.close()
+        raise UpstreamError(f"{where}: connection lost during TLS negotiation") from e
+    return reader, writer
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One whole message from the target: (type, body)."""
+    head = await reader.readexactly(5)
+    typ, length = w.HEADER.unpack(head)
+    if length < 4 or length > UPSTREAM_MAX_MESSAGE:
+        raise w.ProtocolError("the target sent a message with an invalid length")
+    return typ, await reader.readexactly(length - 4)
+
+
+def _md5_response(upstream: Upstream, salt: bytes) -> bytes:
+    inner = hashlib.md5((upstream.password + upstream.user).encode()).hexdigest()
+    return b"md5" + hashlib.md5(inner.encode() + salt).hexdigest().encode()
+
+
+async def login(upstream: Upstream, params: dict[str, str], *, timeout: float = 10.0) -> UpstreamConnection:
+    """Connect and log in as the target's user; collect what the client must see of the startup."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await open_stream(upstream)
+            conn = UpstreamConnection(reader, writer)
+            try:
+                await _startup(conn, upstream, params)
+            except BaseException:
+                writer.close()
+                raise
+            return conn
+    except TimeoutError as e:
+        raise UpstreamError(f"cannot reach target {upstream.label}: timed out after {timeout:g}s") from e
+    except asyncio.IncompleteReadError as e:
+        raise UpstreamError(f"target {upstream.label} closed the connection during login") from e
+    except OSError as e:
+        raise UpstreamError(f"cannot reach target {upstream.label}: {_reason(e)}") from e
+
+
+async def _startup(conn: UpstreamConnection, upstream: Upstream, params: dict[str, str]) -> None:
+    startup = {"user": upstream.user, **({"database": upstream.database} if upstream.database else {}), **params}
+    conn.writer.write(hs.startup_message(startup))
+    scram: ScramClient | None = None
+    while True:
+        typ, body = await read_message(conn.reader)
+        if typ == w.AUTH:
+            code = hs.parse_int32s(body, 1)[0]
+            if code == 0:
+                continue
+            scram = _authenticate(conn, upstream, code, body, scram)
+        elif typ == w.ERROR:
+            raise _login_refused(upstream, dict(w.parse_fields(body)))
+        elif typ in (w.PARAMETER_STATUS, w.NOTICE):
+            conn.startup.append(w.message(typ, body))
+        elif typ == w.BACKEND_KEY:
+            conn.pid, conn.key = hs.parse_backend_key(body)
+        elif typ == w.READY:
+            conn.status = body[:1] or b"I"
+            return
+        elif typ != w.NEGOTIATE_VERSION:
+            raise w.ProtocolError(f"the target sent an unexpected message {chr(typ)!r} during login")
+
+
+def _authenticate(conn: UpstreamConnection, upstream: Upstream, code: int, body: bytes,
+                  scram: ScramClient | None) -> ScramClient | None:
+    """Answer one authentication request; return the SCRAM exchange in progress, if any."""
+    send = conn.writer.write
+    try:
+        if code == 10:                                    # AuthenticationSASL
+            if SCRAM not in hs.parse_sasl_mechanisms(body):
+                raise UpstreamError(f"target {upstream.label} offers no SASL mechanism the bastion speaks")
+            scram = ScramClient([SCRAM], upstream.user, upstream.password)
+            send(hs.sasl_initial_response(SCRAM, scram.get_client_first().encode()))
+        elif code == 11 and scram is not None:            # AuthenticationSASLContinue
+            scram.set_server_first(body[4:].decode())
+            send(hs.sasl_response(scram.get_client_final().encode()))
+        elif code == 12 and scram is not None:            # AuthenticationSASLFinal
+            scram.set_server_final(body[4:].decode())
+            scram = None
+        elif code == 5:                                   # AuthenticationMD5Password
+            send(hs.password_message(_md5_response(upstream, body[4:8])))
+        elif code == 3:                                   # AuthenticationCleartextPassword
+            if upstream.tls == "disable":
+                raise UpstreamError(f"target {upstream.label} asks for a cleartext password over an "
+                                    "unencrypted connection; the bastion refuses (set tls for this target)")
+            send(hs.password_message(upstream.password.encode()))
+        else:
+            raise UpstreamError(f"target {upstream.label} asks for an authentication method the bastion "
+                                f"does not support (code {code})")
+    except (ScramException, UnicodeDecodeError) as e:
+        # scramp's messages name the protocol step, never the password.
+        raise UpstreamAuthError(f"SCRAM authentication with target {upstream.label} failed: {e}") from e
+    return scram
+
+
+def _login_refused(upstream: Upstream, fields: dict[str, str]) -> UpstreamError:
+    code = fields.get("C", "")
+    if code in ("28P01", "28000"):
+        return UpstreamAuthError(f"the bastion's credentials for target {upstream.label} were refused; "
+                                 "ask an admin")
+    return UpstreamError(f"target {upstream.label} refused the connection: {fields.get('M', 'no reason given')}",
+                         code or None)
+
+
+async def send_cancel(upstream: Upstream, pid: int, key: bytes, *, timeout: float = 10.0) -> None:
+    """Forward a CancelRequest for the target backend ``pid``; PostgreSQL answers by closing."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await open_stream(upstream)
+        try:
+            writer.write(hs.cancel_request(pid, key))
+            await writer.drain()
+            await reader.read(1)
+        finally:
+            writer.close()
+
+
+class TableNames:
+    """Resolves table OIDs to "schema.table" over a connection of its own, cached for one session.
+
+    The client's connection is busy streaming results, so the lookup cannot
+    share it. A table created in the client's still-open transaction is not
+    visible here; it resolves to None, and maskers fall back to column names.
+    """
+
+    def __init__(self, upstream: Upstream, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
+        self._upstream = upstream
+        self._log = logger
+        self._cache: dict[int, str | None] = {}
+        self._conn: UpstreamConnection | None = None
+        self._lock = asyncio.Lock()
+        self._broken = False
+
+    def cached(self, oids: set[int]) -> dict[int, str | None] | None:
+        """The names when all are already known, else None."""
+        cache = self._cache
+        if all(o in cache for o in oids):
+            return {o: cache[o] for o in oids}
+        return None
+
+    async def resolve(self, oids: set[int]) -> dict[int, str | None]:
+        """Names for these OIDs; None for any that cannot be resolved."""
+        async with self._lock:
+            missing = sorted(o for o in oids if o not in self._cache)
+            if missing and not self._broken:
+                try:
+                    await self._lookup(missing)
+                except (ProxyError, OSError, asyncio.IncompleteReadError) as e:
+                    self._broken = True
+                    self._log.warning("table-name lookups unavailable for this session (%s); "
+                                      "masking falls back to column names", e)
+            for o in missing:
+                self._cache.setdefault(o, None)
+            return {o: self._cache[o] for o in oids}
+
+    async def _lookup(self, oids: list[int]) -> None:
+        if self._conn is None:
+            self._conn = await login(self._upstream, {"application_name": "bastion catalog"})
+        conn = self._conn
+        conn.writer.write(w.query(
+            "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.oid IN ({','.join(str(o) for o in oids)})"))
+        while True:
+            typ, body = await read_message(conn.reader)
+            if typ == w.DATA_ROW:
+                oid, schema, table = w.split_datarow(body, 0, len(body))
+                if oid is not None and schema is not None and table is not None:
+                    self._cache[int(oid)] = f"{schema.decode()}.{table.decode()}"
+            elif typ == w.ERROR:
+                raise ProxyError(dict(w.parse_fields(body)).get("M", "catalog query failed"))
+            elif typ == w.READY:
+                return
+
+    def close(self) -> None:
+        """Close the lookup connection, if one was opened."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
