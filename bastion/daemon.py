@@ -47,8 +47,9 @@ class Daemon:
         runtime.recordings = RecordingStore(
             config.state_dir / "recordings", store.db,
             signing_key=load_signing_key(KeyPaths(config.state_dir).audit_key),
-            # Plain-text and keyframe sidecars render the whole session (pyte): never on the event loop.
-            sidecars_at_close="background")
+            # Sidecars render the whole session through pyte: in a daemon thread that starves the
+            # event loop (GIL), so `recorder` builds them when first needed instead.
+            sidecars_at_close="lazy")
         for session_id in await asyncio.to_thread(runtime.recordings.recover):
             store.append("recording.interrupted", session=session_id, outcome="interrupted",
                          reason="the bastion stopped while the session was open")
@@ -104,8 +105,6 @@ class Daemon:
             await self._verifier.close()
             self._verifier = None
         if self.runtime is not None:
-            if self.runtime.recordings is not None:
-                await asyncio.to_thread(self.runtime.recordings.wait_for_sidecars, 30.0)
             self.runtime.store.append("daemon.stopped", pid=os.getpid())
             self.runtime.store.close()
             self.runtime = None

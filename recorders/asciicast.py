@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 REDACTED = "[redacted]"
+FLUSH_BYTES = 256 * 1024  # the writer also flushes whenever this much is buffered: writes stay small
 """The 'i' data written instead of keystrokes typed while the terminal's echo was off."""
 
 KEPT_ENV = ("TERM", "SHELL")
@@ -164,6 +165,7 @@ class Writer:
         file.flush()
         self.bytes_written = len(line)
         self.pending = 0
+        self._buffered = 0  # characters held in _lines
 
     @property
     def elapsed(self) -> float:
@@ -180,8 +182,12 @@ class Writer:
             t = self._last  # never decreasing, even if the clock steps back
         else:
             self._last = t
-        self._lines.append(json.dumps([t, code, data], ensure_ascii=False))
+        line = json.dumps([t, code, data], ensure_ascii=False)
+        self._lines.append(line)
         self.pending += 1
+        self._buffered += len(line)
+        if self._buffered >= FLUSH_BYTES:  # a bounded write now beats a huge one at the next tick
+            self.flush()
 
     def output(self, data: bytes) -> None:
         """Record terminal output ('o'); a UTF-8 sequence split across calls is joined."""
@@ -210,6 +216,7 @@ class Writer:
             data = ("\n".join(self._lines) + "\n").encode("utf-8", "replace")
             self._lines.clear()
             self.pending = 0
+            self._buffered = 0
             self._file.write(data)
             self.bytes_written += len(data)
         self._file.flush()

@@ -105,7 +105,9 @@ def cmd_play(args: argparse.Namespace) -> int:
             start = marker_time(asciicast.iter_events(path), args.from_marker)
         except RecorderError as e:
             raise UsageError(str(e)) from e
-    keyframe = keyframe_before(keyframe_index(path, persist=info.status != LIVE), start) if start else None
+    sealed = info.status != LIVE
+    frames = keyframe_index(path, persist=sealed, sealed_sha256=info.sha256 if sealed else None) if start else []
+    keyframe = keyframe_before(frames, start) if start else None
     events = asciicast.iter_events(path, start_offset=keyframe.offset if keyframe else None)
     with _keys() as keys:
         Player(sys.stdout, keys).play(events, start=start, keyframe=keyframe, speed=args.speed,

@@ -75,7 +75,8 @@ def grep(store: RecordingStore, pattern: re.Pattern[str], recordings: Iterable[R
             except FileNotFoundError:
                 log.warning("recording %s has no file at %s; skipped", info.session_id, path)
                 continue
-            txt = sidecars.fresh_transcript(path, persist=info.status != LIVE)
+            sealed = info.status != LIVE
+            txt = sidecars.fresh_transcript(path, persist=sealed, sealed_sha256=info.sha256 if sealed else None)
             if txt is None:
                 lines = matching_lines(pattern, sidecars.compute_transcript(path))
             else:

@@ -116,10 +116,14 @@ def _index_fresh(path: Path, digest: str) -> bool:
     return isinstance(head, dict) and head.get("format") == INDEX_FORMAT and head.get("sha256") == digest
 
 
-def fresh_transcript(cast: Path, *, persist: bool = True) -> Path | None:
-    """The ``.txt`` of ``cast`` once it is fresh (rebuilt if stale), or None if stale and not ``persist``."""
+def fresh_transcript(cast: Path, *, persist: bool = True, sealed_sha256: str | None = None) -> Path | None:
+    """The ``.txt`` of ``cast`` once it is fresh (rebuilt if stale), or None if stale and not ``persist``.
+
+    ``sealed_sha256``, the hash the store recorded at close, spares hashing the
+    whole cast again; sidecars are search aids, and `verify` checks the cast itself.
+    """
     path = transcript_path(cast)
-    digest = file_digest(cast)[0]
+    digest = sealed_sha256 or file_digest(cast)[0]
     if _transcript_fresh(path, digest):
         return path
     if not persist:
@@ -147,10 +151,10 @@ def parse_transcript(lines: Iterable[str]) -> Iterator[tuple[float, str]]:
         yield float(stamp), text[:-1] if text.endswith("\n") else text
 
 
-def keyframe_index(cast: Path, *, persist: bool = True) -> list[screen.Keyframe]:
+def keyframe_index(cast: Path, *, persist: bool = True, sealed_sha256: str | None = None) -> list[screen.Keyframe]:
     """The keyframes of ``cast``: from a fresh ``.idx``, else rebuilt (and written when ``persist``)."""
     path = index_path(cast)
-    digest = file_digest(cast)[0]
+    digest = sealed_sha256 or file_digest(cast)[0]
     if not _index_fresh(path, digest):
         if not persist:
             return list(screen.keyframes(cast))

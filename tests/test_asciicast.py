@@ -355,3 +355,19 @@ def test_asciinema_cat_plays_what_writer_wrote(tmp_path: Path) -> None:
                           start_new_session=True, env={**os.environ, "ASCIINEMA_CONFIG_HOME": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode() == "\x1b[1;31mhéllo\x1b[0m wörld 😀\r\nbye\r\n"
+
+
+def test_writer_flushes_by_itself_once_a_bounded_amount_is_buffered() -> None:
+    import io
+
+    from recorders.asciicast import FLUSH_BYTES, Header, Writer
+
+    buffer = io.BytesIO()
+    writer = Writer(buffer, Header(width=80, height=24), clock=lambda: 0.0)
+    header_size = len(buffer.getvalue())
+    writer.output(b"x" * 1000)
+    assert len(buffer.getvalue()) == header_size  # small output waits for the periodic flush
+    for _ in range(FLUSH_BYTES // 1000 + 1):
+        writer.output(b"x" * 1000)
+    assert len(buffer.getvalue()) > header_size + FLUSH_BYTES  # a large output did not wait
+    assert writer.pending < FLUSH_BYTES // 1000  # only what came after the last automatic flush
