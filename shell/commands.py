@@ -8,6 +8,7 @@ coroutine ``(ctx, args) -> Result``; the caller decides how to show the result
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -97,8 +98,9 @@ def parse(line: str) -> tuple[Command, Args] | Result | None:
     cmd = COMMANDS.get(words[0])
     if cmd is None:
         return Result(EXIT_USAGE, error=f"unknown command {words[0]!r}; type `help` to see the commands")
-    if cmd.raw:
-        return cmd, Args(tuple(words[1:]))
+    if cmd.raw:  # the handler gets the rest of the line verbatim: SQL keeps its quotes and spacing
+        rest = line[re.match(r"\s*\S+", line).end():]  # type: ignore[union-attr]
+        return cmd, Args((rest,))
     as_json = "--json" in words[1:]
     positional = tuple(w for w in words[1:] if w != "--json")
     if as_json and not cmd.json:
@@ -170,25 +172,46 @@ async def _connect(ctx: ShellContext, args: Args) -> Result:
 SQL_USAGE = "sql TARGET [--format table|json|csv] [SQL]"
 
 
+def _next_word(text: str) -> tuple[str, str]:
+    """The first whitespace-separated word of ``text`` and the rest, verbatim."""
+    match = re.match(r"\s*(\S+)\s?", text)
+    return (match.group(1), text[match.end():]) if match else ("", "")
+
+
+def _sql_text(rest: str) -> str:
+    """The SQL: verbatim, or unwrapped when it is one quoted word (`sql pg "select 1"` in the shell)."""
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        return rest
+    return words[0] if len(words) == 1 and rest.strip()[:1] in "'\"" else rest
+
+
 @command("sql", SQL_USAGE, "Run SQL on a target and print the result; without SQL, read it from stdin.",
          completes_targets=True, raw=True)
 async def _sql(ctx: ShellContext, args: Args) -> Result:
     from .sql import exit_code  # shell.sql imports this module
     from .sqlrender import diagnostics, render
 
-    words, fmt = list(args.positional), "table"
-    if "--format" in words:
-        at = words.index("--format")
-        if at + 1 >= len(words) or words[at + 1] not in ("table", "json", "csv"):
-            return Result(EXIT_USAGE, error=f"--format takes table, json or csv; usage: {SQL_USAGE}")
-        fmt = words[at + 1]
-        del words[at:at + 2]
-    if not words or len(words) > 2 or words[0].startswith("--"):
+    rest, fmt, target = args.positional[0], "table", ""
+    while True:
+        word, after = _next_word(rest)
+        if word == "--format":
+            fmt, rest = _next_word(after)
+            if fmt not in ("table", "json", "csv"):
+                return Result(EXIT_USAGE, error=f"--format takes table, json or csv; usage: {SQL_USAGE}")
+        elif word.startswith("--"):
+            return Result(EXIT_USAGE, error=f"unknown option {word}; usage: {SQL_USAGE}")
+        elif word and not target:
+            target, rest = word, after
+        else:
+            break
+    if not target:
         return Result(EXIT_USAGE, error=f"usage: {SQL_USAGE}")
-    sql = words[1] if len(words) == 2 else await ctx.stdin()
+    sql = _sql_text(rest) if rest.strip() else await ctx.stdin()
     if not sql.strip():
         return Result(EXIT_USAGE, error="no SQL given, neither as an argument nor on stdin")
-    outcome = await ctx.run_sql(words[0], sql)
+    outcome = await ctx.run_sql(target, sql)
     if isinstance(outcome, ConnectOutcome):
         return Result(outcome.code, error=outcome.message)
     return Result(exit_code(outcome), text=render(outcome, fmt),

@@ -83,3 +83,37 @@ def test_connect_passes_the_context_outcome() -> None:
 def test_blank_line_and_exit() -> None:
     assert parse("   ") is None
     assert run("exit").leave and COMMANDS["quit"] is COMMANDS["exit"]
+
+
+class SqlContext(FakeContext):
+    """Remembers the SQL the `sql` command passes on."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    async def run_sql(self, name: str, sql: str):  # type: ignore[no-untyped-def]
+        self.seen.append((name, sql))
+        return []
+
+    async def stdin(self) -> str:
+        return "select 2"
+
+
+@pytest.mark.parametrize(("line", "target", "sql"), [
+    ("sql pg select 'a  b' from t", "pg", "select 'a  b' from t"),          # quotes and spacing kept
+    ('sql pg "select 1"', "pg", "select 1"),                                # one quoted word: unwrapped
+    ("sql --format json pg select 1", "pg", "select 1"),
+    ("sql pg --format csv select \"Col\" from t", "pg", 'select "Col" from t'),
+    ("sql pg", "pg", "select 2"),                                           # from stdin
+])
+def test_sql_command_passes_sql_verbatim(line: str, target: str, sql: str) -> None:
+    ctx = SqlContext()
+    result = asyncio.run(run_line(ctx, line))
+    assert result is not None and result.code == EXIT_OK
+    assert ctx.seen == [(target, sql)]
+
+
+@pytest.mark.parametrize("line", ["sql", "sql --format xml pg select 1", "sql --bogus pg select 1"])
+def test_sql_command_usage_errors(line: str) -> None:
+    result = asyncio.run(run_line(SqlContext(), line))
+    assert result is not None and result.code == EXIT_USAGE
