@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return asyncio.run(run_demo(Path(args.dir), ssh_port=args.ssh_port, http_port=args.http_port,
-                                idp_port=args.idp_port))
+                                idp_port=args.idp_port, pg_port=args.pg_port))
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -211,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-port", type=int, default=2222, help="SSH port (default 2222)")
     p.add_argument("--http-port", type=int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--idp-port", type=int, default=8081, help="dev identity provider port (default 8081)")
+    p.add_argument("--pg-port", type=int, default=15432, help="the demo PostgreSQL's port (default 15432)")
 
     add("version", cmd_version, "Print the version.")
     return parser

@@ -20,6 +20,7 @@ class InitOptions:
     client_id: str = "bastion"
     ssh_listen: str = "127.0.0.1:2222"
     http_listen: str = "127.0.0.1:8080"
+    pg_demo_address: str = "127.0.0.1:5432"
 
 
 def config_template() -> str:
@@ -31,7 +32,7 @@ def render_config(options: InitOptions, state_dir: str) -> str:
     """The template with this installation's values filled in."""
     values = {"@@SSH_LISTEN@@": options.ssh_listen, "@@HTTP_LISTEN@@": options.http_listen,
               "@@STATE_DIR@@": state_dir, "@@ISSUER@@": options.issuer,
-              "@@CLIENT_ID@@": options.client_id}
+              "@@CLIENT_ID@@": options.client_id, "@@PG_DEMO_ADDRESS@@": options.pg_demo_address}
     text = config_template()
     for placeholder, value in values.items():
         text = text.replace(placeholder, value)

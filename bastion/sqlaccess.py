@@ -44,17 +44,24 @@ REVIEW_UNAVAILABLE = "held statements need the approvals feature, which is not a
 
 @dataclass
 class _PlanMasker:
-    """A :class:`RowMasker` for one result shape."""
+    """A :class:`RowMasker` for one result shape; notes which columns it really changed."""
 
     masker: Masker
     plan: ColumnPlan
+    names: tuple[str, ...] = ()
+    changed: set[str] | None = None
 
     def text_row(self, values: list[bytes | None]) -> list[bytes | None]:
-        masked, _ = self.masker.mask_row_text(self.plan, values)
+        masked, count = self.masker.mask_row_text(self.plan, values)
+        if count and self.changed is not None:
+            self.changed.update(self.names[i] for i in self.plan.masked_columns if masked[i] != values[i])
         return masked
 
     def binary_value(self, index: int, type_oid: int, value: bytes) -> bytes | None:
-        return mask_binary(type_oid, value, self.masker, self.plan, index)
+        result = mask_binary(type_oid, value, self.masker, self.plan, index)
+        if result != value and self.changed is not None:
+            self.changed.add(self.names[index])
+        return result
 
     def free_text(self, text: str) -> str:
         return self.masker.mask_free_text(text)
@@ -86,7 +93,7 @@ class PolicyInspector:
         self._on_event = on_event
         self._masker = masker_for_policy(config, policy)
         self._prepared: dict[str, Statement] = {}
-        self.masked_columns: set[str] = set()  # names of columns masked since the last reset (for the console)
+        self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
     # -- Inspector ----------------------------------------------------------------
 
@@ -111,8 +118,7 @@ class PolicyInspector:
         plan = self._masker.plan([MaskColumn(table, name) for table, name, _ in columns])
         if plan.empty:
             return None
-        self.masked_columns.update(columns[i][1] for i in plan.masked_columns)
-        return _PlanMasker(self._masker, plan)
+        return _PlanMasker(self._masker, plan, tuple(name for _, name, _ in columns), self.masked_columns)
 
     def audit(self, event: StatementEvent) -> None:
         """One audit event per statement; refusals also go into the recording."""

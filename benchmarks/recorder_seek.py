@@ -60,14 +60,16 @@ class Seek:
     tty: FakeTty | None = None
 
 
-def seek(path: Path, start: float, header: asciicast.Header, *, index: bool) -> tuple[float, float, FakeTty]:
+def seek(path: Path, start: float, header: asciicast.Header, *, index: bool,
+         sealed: str | None = None) -> tuple[float, float, FakeTty]:
     """Time ``play --from start`` to its first frame; (seconds, of which loading the index, the output)."""
     tty = FakeTty()
     clock = FakeClock()
     began = time.perf_counter()
     keyframe = None
     if index:
-        keyframe = sidecars.keyframe_before(sidecars.keyframe_index(path), start)
+        # As `recorder play` does: the index is checked against the sha256 sealed at close.
+        keyframe = sidecars.keyframe_before(sidecars.keyframe_index(path, sealed_sha256=sealed), start)
     loaded = time.perf_counter()
     events = asciicast.iter_events(path, start_offset=keyframe.offset if keyframe else None)
     player = Player(cast(TextIO, tty), None, clock=clock, sleep=clock.advance)
@@ -110,7 +112,7 @@ def main() -> int:
         print(f"  {mb(size)} MB, {events} events, {resizes} resizes, {duration / 60:.1f} min of timeline, "
               f"written in {written:.1f} s", flush=True)
 
-        print("building the keyframe index (the daemon does it at close, off the event loop)", flush=True)
+        print("building the keyframe index (`recorder` does it the first time it is needed)", flush=True)
         began = time.perf_counter()
         sidecars.build_index(path)
         build = time.perf_counter() - began
@@ -133,7 +135,8 @@ def main() -> int:
         with_index, from_zero = Seek("keyframe index"), Seek("from zero (no index)")
         for i in range(args.runs):
             for kind in (with_index, from_zero) if i % 2 == 0 else (from_zero, with_index):
-                seconds, loading, tty = seek(path, start, header, index=kind is with_index)
+                seconds, loading, tty = seek(path, start, header, index=kind is with_index,
+                                             sealed=reader.get(path.stem).sha256)
                 kind.seconds.append(seconds)
                 kind.index_seconds.append(loading)
                 kind.written, kind.tty = tty.size, tty

@@ -14,8 +14,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from pg_server import PgServer, PgUnavailable
 
+from bastion.devdb import PgServer, PgUnavailable
 from bastion.proxies.base import Inspector, Upstream
 from bastion.proxies.postgres import serve_tcp
 

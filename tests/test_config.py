@@ -499,6 +499,7 @@ TEMPLATE_VALUES = {
     "@@STATE_DIR@@": "/var/lib/bastion",
     "@@ISSUER@@": "https://idp.example.com",
     "@@CLIENT_ID@@": "bastion",
+    "@@PG_DEMO_ADDRESS@@": "127.0.0.1:5432",
 }
 
 

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pg_server import PgServer
 
+from bastion.devdb import PgServer
 from bastion.proxies import pg_handshake as hs
 from bastion.proxies import pgwire as w
 from bastion.proxies.base import StatementEvent, StatementVerdict, Upstream

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from pg_server import PgServer, free_port
 from psycopg.conninfo import make_conninfo
 
+from bastion.devdb import PgServer, free_port
 from bastion.proxies import pg_handshake as hs
 from bastion.proxies import pgwire as w
 from bastion.proxies.base import Column, ProxyError, StatementEvent, StatementVerdict, Upstream

@@ -26,21 +26,21 @@ def _free_port() -> int:
 
 def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)}
-    ports = [str(_free_port()) for _ in range(3)]
+    ports = [str(_free_port()) for _ in range(4)]
     demo = subprocess.Popen(
-        ["bastion", "demo", "--dir", "demo", "--ssh-port", ports[0], "--http-port", ports[1], "--idp-port", ports[2]],
+        ["bastion", "demo", "--dir", "demo", "--ssh-port", ports[0], "--http-port", ports[1], "--idp-port", ports[2],
+         "--pg-port", ports[3]],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout or []], daemon=True).start()
     try:
         printed = []
-        while "audit -c" not in "".join(printed):
+        while "play ID" not in "".join(printed) or not printed[-1].strip().startswith("recorder"):
             printed.append(lines.get(timeout=30))
         text = "".join(printed)
         assert "DEVELOPMENT ONLY" in text
-        commands = [line.strip() for line in printed if line.startswith("   ") and
-                    re.match(r"\s+(bastion|ssh) ", line)]
-        login_cmd, ssh_cmd, audit_cmd = commands
+        commands = [line.strip() for line in printed if re.match(r"   (bastion|ssh|recorder) ", line)]
+        login_cmd, ssh_cmd, audit_cmd, recorder_cmd = commands
 
         login = subprocess.Popen(shlex.split(login_cmd), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
@@ -56,9 +56,20 @@ def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
         assert ssh.returncode == 0, ssh.stderr
         assert json.loads(ssh.stdout)["groups"] == ["dev"]
 
+        rows = subprocess.run([*shlex.split(ssh_cmd), "sql", "pg-demo", "--format", "json",
+                               "select name, email, ssn from customers order by id"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        if "pg-demo will not answer" not in text:
+            assert rows.returncode == 0, rows.stderr
+            first = json.loads(rows.stdout)[0]["rows"][0]
+            assert first["name"] == "Ada Lovelace" and first["email"] == "****@example.com"
+            assert "123-45-6789" not in rows.stdout
+
         audit = subprocess.run(shlex.split(audit_cmd), cwd=tmp_path, env=env, capture_output=True, text=True)
         assert "certificate.issued" in audit.stdout and "connection.authenticated" in audit.stdout
         assert "alice" in audit.stdout
+        listing = subprocess.run(shlex.split(recorder_cmd), cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert listing.returncode == 0 and "alice" in listing.stdout
     finally:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(15) == 0

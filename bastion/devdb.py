@@ -1,4 +1,7 @@
-"""A throwaway real PostgreSQL for tests: initdb with scram-sha-256, a random loopback port, TLS on.
+"""A throwaway real PostgreSQL, DEVELOPMENT ONLY: for `bastion demo` and the test suite.
+
+initdb with scram-sha-256, a loopback port (random unless given), TLS on,
+fsync off: nothing here is meant to keep data.
 
 As root (CI runs as root) initdb and postgres run as the ``postgres`` user (or
 ``nobody``) through ``setpriv``, with the temporary directory chowned to it.
@@ -80,8 +83,9 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
 class PgServer:
     """One running PostgreSQL cluster in a temporary directory."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.bindir = find_bindir()
+        self._wanted_port = port
         self.password = secrets.token_urlsafe(18)
         self.dir = Path(tempfile.mkdtemp(prefix="bastion-pg-"))
         self.data = self.dir / "data"
@@ -115,11 +119,11 @@ class PgServer:
             "host all md5user 127.0.0.1/32 md5\n"
             "host all all 127.0.0.1/32 scram-sha-256\n")
         for attempt in range(3):
-            self.port = free_port()
+            self.port = self._wanted_port or free_port()
             if self._launch():
                 return self
-            if attempt == 2:
-                raise RuntimeError(f"postgres did not start:\n{self.log_text()}")
+            if attempt == 2 or self._wanted_port:
+                raise PgUnavailable(f"postgres did not start on port {self.port}:\n{self.log_text()[-2000:]}")
         return self
 
     def _launch(self) -> bool:
