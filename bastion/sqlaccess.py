@@ -92,6 +92,9 @@ class PolicyInspector:
         self._mark = mark
         self._on_event = on_event
         self._masker = masker_for_policy(config, policy)
+        # Which parameter binds to which column is not worked out yet, so when a policy masks
+        # by column, bound values are not audited at all rather than risk storing one.
+        self._redact_params = any(rule.columns for rule in policy.masking)
         self._prepared: dict[str, Statement] = {}
         self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
@@ -126,7 +129,10 @@ class PolicyInspector:
         self._store.append(
             "sql.statement", user=self._identity.user, source=self._source, target=self._target,
             session=self._session, rule=verdict.rule, outcome=verdict.effect.value,
-            sql=event.sql[:MAX_AUDITED_SQL], params=list(event.params), rows=event.rows,
+            sql=event.sql[:MAX_AUDITED_SQL],
+            params=[None if p is None else "[REDACTED]" for p in event.params] if self._redact_params
+            else list(event.params),
+            rows=event.rows,
             duration=round(event.duration, 6), error=event.error,
             reason=None if verdict.allowed else verdict.reason)
         if not verdict.allowed and self._mark is not None:

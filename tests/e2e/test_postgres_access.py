@@ -208,3 +208,34 @@ def test_the_target_password_never_leaves_the_bastion(alice: Client, shop: Basti
     assert shop.proc is not None
     environ = Path(f"/proc/{shop.proc.pid}/environ").read_bytes()
     assert secret.encode() not in environ
+
+
+def test_bound_values_of_masked_columns_stay_out_of_the_audit(alice: Client, shop: Bastion, pg_server) -> None:  # type: ignore[no-untyped-def]
+    import psycopg
+
+    port = _free_port()
+    forward = subprocess.Popen([*alice.ssh_args("alice", "-N", "-L", f"{port}:pg-shop:5432")],
+                               env=alice.env(), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable",
+                                       connect_timeout=5)
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with conn:
+            conn.execute("INSERT INTO customers VALUES (%s, %s, %s, %s)",
+                         (7, "Eve", "eve.secret@example.com", "none"))
+            conn.execute("DELETE FROM customers WHERE id = %s", (7,))
+    finally:
+        forward.terminate()
+        forward.wait(10)
+    events = shop.wait_event("sql.statement", lambda e: "INSERT INTO customers" in e.detail.get("sql", ""))
+    assert "eve.secret" not in json.dumps(events.detail)
+    assert events.detail["params"] == ["[REDACTED]"] * 4
+    for name in ("audit.db", "audit.db-wal"):
+        path = shop.state / name
+        assert not path.exists() or b"eve.secret" not in path.read_bytes(), name
