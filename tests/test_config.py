@@ -530,7 +530,7 @@ def test_template_loads_once_placeholders_are_replaced(tmp_path: Path) -> None:
                                            name="dev-demo.guardrails[0]")
     assert demo.guardrails[1].without_where and demo.guardrails[1].statements == ("update", "delete")
     assert [(m.strategy, m.columns, m.detect) for m in demo.masking] == [
-        ("partial", ("*.email",), ()), ("redact", (), ("credit_card",))]
+        ("partial", ("*.email",), ()), ("redact", (), ("credit_card", "ssn"))]
     assert [g.effect for g in approval.guardrails] == [StatementEffect.DENY, StatementEffect.DENY,
                                                        StatementEffect.REVIEW]
 
