@@ -430,3 +430,40 @@ def test_newer_protocol_minor_is_negotiated_down(proxy: Proxy, proxy_loop: Proxy
         writer.close()
         return data
     assert proxy_loop.call(hello()) == b"v"
+
+
+# -- reused statement and portal names (found in review: a stale shape skipped masking) -----------
+
+
+def _data_rows(replies: list[tuple[str, bytes]]) -> list[bytes]:
+    return [body for typ, body in replies if typ == "D"]
+
+
+def test_a_reused_portal_name_is_masked_with_its_new_shape(proxy, proxy_loop) -> None:  # type: ignore[no-untyped-def]
+    messages = (w.parse_message("a", "SELECT 'x'::text AS n") + w.bind_message("p", "a") + w.execute_message("p")
+                + w.SYNC_MESSAGE
+                + w.parse_message("b", "SELECT email FROM customers WHERE id = 1") + w.bind_message("p", "b")
+                + w.execute_message("p") + w.SYNC_MESSAGE)
+    replies = proxy_loop.call(_raw_session(proxy.port, messages, until=2))
+    rows = _data_rows(replies)
+    assert len(rows) == 2 and not any(b"ada@example.com" in row for row in rows)
+
+
+def test_a_statement_name_reused_after_sql_deallocate_is_masked(proxy, proxy_loop) -> None:  # type: ignore[no-untyped-def]
+    messages = (w.parse_message("s", "SELECT 'x'::text AS n") + w.describe_message("S", "s") + w.SYNC_MESSAGE
+                + w.query("DEALLOCATE s")
+                + w.parse_message("s", "SELECT email FROM customers WHERE id = 1") + w.bind_message("", "s")
+                + w.execute_message("") + w.SYNC_MESSAGE)
+    replies = proxy_loop.call(_raw_session(proxy.port, messages, until=3))
+    rows = _data_rows(replies)
+    assert len(rows) == 1 and b"ada@example.com" not in rows[0]
+
+
+def test_a_refused_duplicate_parse_keeps_the_statement_the_target_still_has(proxy, proxy_loop) -> None:  # type: ignore[no-untyped-def]
+    messages = (w.parse_message("s", "SELECT email FROM customers WHERE id = 1") + w.SYNC_MESSAGE
+                + w.parse_message("s", "SELECT 'x'::text AS n") + w.SYNC_MESSAGE   # the target refuses: 42P05
+                + w.bind_message("", "s") + w.execute_message("") + w.SYNC_MESSAGE)
+    replies = proxy_loop.call(_raw_session(proxy.port, messages, until=3))
+    assert any(typ == "E" for typ, _ in replies)
+    rows = _data_rows(replies)
+    assert len(rows) == 1 and b"ada@example.com" not in rows[0]  # the old statement ran, masked as itself

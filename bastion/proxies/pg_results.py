@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 from . import pg_handshake as hs
 from . import pgwire as w
@@ -53,6 +54,7 @@ class ResultRelay:
         self.tables = TableNames(upstream, logger)
         self.pending: deque[Pending] = deque()
         self.skipping = False        # the target reported an extended-protocol error: it skips to Sync
+        self.undos: list[Callable[[], None]] = []  # Parse/Bind the target refused or skipped, in order
         self.result: Result | None = None
         self.copy_masking = False
         self.shapes: dict[bytes, Shape] = {}
@@ -279,10 +281,14 @@ class ResultRelay:
             # The target skipped everything up to this Sync; so do we, refusals included.
             while self.pending and self.pending[0].kind is not Await.SYNC:
                 item = self.pending.popleft()
+                if item.undo is not None:
+                    self.undos.append(item.undo)
                 if item.kind in (Await.EXECUTE, Await.QUERY):
                     item.error = NOT_RUN
                     self._finish(item)
             self.skipping = False
+            while self.undos:  # newest first, so a name reused in the batch ends as it was before it
+                self.undos.pop()()
         head = self._head(Await.SYNC, Await.QUERY)
         self._pop()
         if head.kind is Await.QUERY:
@@ -302,6 +308,8 @@ class ResultRelay:
             # Extended protocol: the target now discards everything up to Sync, our refusals included.
             self.skipping = True
             item = self._pop()
+            if item.undo is not None:
+                self.undos.append(item.undo)
             if item.kind is Await.EXECUTE:
                 item.error = text
                 self._finish(item)

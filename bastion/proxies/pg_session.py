@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from typing import Any
 
 from policies.model import StatementEffect
 
@@ -167,9 +168,12 @@ class PgSession(ResultRelay):
         verdict = self._check(sql)
         if verdict.allowed:
             statement = Statement(sql, verdict, oids)
-            if name == "" or name not in self.statements:  # else the target refuses the duplicate
-                self.statements[name] = statement
-            self.push(Pending(Await.PARSE, statement=statement))
+            # Always a fresh, undescribed entry: a stale shape would mask new rows with old columns.
+            # If the target refuses the Parse (a duplicate name), the undo puts the old entry back.
+            previous = self.statements.get(name)
+            self.statements[name] = statement
+            self.push(Pending(Await.PARSE, statement=statement,
+                              undo=lambda: self._restore(self.statements, name, previous)))
             return None
         if name == "":
             self.statements.pop("", None)
@@ -184,10 +188,18 @@ class PgSession(ResultRelay):
             return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", verdict, sqlstate="26000"))
         params = render_params(bind.params, bind.param_formats, statement.param_oids)
         portal = Portal(statement.sql, statement.verdict, statement, self.masked_params(params), bind.result_formats)
-        if bind.portal == "" or bind.portal not in self.portals:
-            self.portals[bind.portal] = portal
-        self.push(Pending(Await.BIND, portal=portal))
+        previous = self.portals.get(bind.portal)
+        self.portals[bind.portal] = portal  # fresh and undescribed, for the same reason as in _on_parse
+        self.push(Pending(Await.BIND, portal=portal,
+                          undo=lambda: self._restore(self.portals, bind.portal, previous)))
         return None
+
+    @staticmethod
+    def _restore(table: dict[str, Any], name: str, previous: Any) -> None:
+        if previous is None:
+            table.pop(name, None)
+        else:
+            table[name] = previous
 
     def _on_execute(self, body: bytes) -> bytes | None:
         name, _ = w.parse_execute(body)

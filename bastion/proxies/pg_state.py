@@ -80,6 +80,7 @@ class Pending:
     tags: list[str] = field(default_factory=list)
     error: str | None = None
     reply: bytes = b""               # LOCAL: the bytes to send
+    undo: Callable[[], None] | None = None  # PARSE/BIND: put back what this entry replaced, if the target refuses it
 
 
 @dataclass
