@@ -232,6 +232,14 @@ class AuditStore:
         """True when the serial is on the revocation list."""
         return bool(list(self.db.query("SELECT 1 FROM revocations WHERE serial = ?", [serial])))
 
+    def revoked_among(self, serials: set[int]) -> set[int]:
+        """Which of these serials are revoked (one query, for the live-session watchdog)."""
+        if not serials:
+            return set()
+        marks = ", ".join("?" * len(serials))
+        rows = self._conn.execute(f"SELECT serial FROM revocations WHERE serial IN ({marks})", list(serials))
+        return {row[0] for row in rows}
+
     # -- connections ----------------------------------------------------------
 
     def connection_opened(self, conn_id: str, source: str, now: float) -> None:

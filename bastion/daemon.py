@@ -75,11 +75,12 @@ class Daemon:
                  config.listen.http.host, self.http_port)
 
     async def _flush_recordings(self) -> None:
-        """Write buffered recording events at least once per flush interval."""
+        """Write buffered recording events at least once per flush interval; end revoked sessions."""
         assert self.runtime is not None
         runtime, interval = self.runtime, self.config.recording.flush_interval
         while True:
             await asyncio.sleep(interval)
+            self._end_revoked(runtime)
             for tap in list(runtime.taps):
                 try:
                     tap.tick()
@@ -108,6 +109,16 @@ class Daemon:
             self.runtime.store.append("daemon.stopped", pid=os.getpid())
             self.runtime.store.close()
             self.runtime = None
+
+    @staticmethod
+    def _end_revoked(runtime: Runtime) -> None:
+        """A session never outlives a revocation: end live connections whose certificate was revoked."""
+        live = {h.auth.cert.serial: h for h in runtime.connections if h.auth is not None}
+        for serial in runtime.store.revoked_among(set(live)):
+            handler = live[serial]
+            if handler.closing_reason is None:
+                handler.end("revoked", f"certificate serial {serial} was revoked",
+                            user_message="your certificate has been revoked; this session is over.")
 
     @staticmethod
     async def _end_connections(runtime: Runtime) -> None:

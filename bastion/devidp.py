@@ -168,6 +168,7 @@ class DevIdentityProvider:
             "sub": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{username}.example.test")),
             "preferred_username": username,
             "email": f"{username}@example.test",
+            "email_verified": True,
             "groups": list(groups),
             "iat": now,
             "auth_time": now,

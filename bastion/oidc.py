@@ -378,6 +378,9 @@ def _username(claims: dict[str, Any], config: IssuerConfig) -> str:
     value = claims.get(claim)
     if not isinstance(value, str) or not value:
         raise TokenError(f"token has no {claim!r} claim to take the username from")
+    if claim == "email" and claims.get("email_verified") is not True:
+        # An address the IdP has not verified may be anyone's: as a username it would be impersonation.
+        raise TokenError("token's email is not verified by the identity provider, so it cannot be the username")
     if not value.isascii():  # str.lower() folds some non-ASCII letters into ASCII ones (K -> k)
         raise TokenError(f"token claim {claim!r} is not a valid username: it must be ASCII")
     if config.username_domain:

@@ -123,11 +123,8 @@ class ConnectionHandler(asyncssh.SSHServer):
         self.peer = str(conn.get_extra_info("peername", ("?", 0))[0])
         self.runtime.connections.add(self)
         self.runtime.store.connection_opened(self.conn_id, self.peer, self.runtime.clock())
-        if not self.runtime.open_connection(self.peer):
-            self._refuse(f"too many connections from {self.peer}")
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"too many connections from {self.peer}")
-            return
         # Wrap the instance's key check: the one place where the certificate blob is visible.
+        # Installed first, so that no key is ever checked without it.
         original = conn.validate_public_key
 
         async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
@@ -140,6 +137,10 @@ class ConnectionHandler(asyncssh.SSHServer):
                 return False
 
         conn.validate_public_key = validate  # type: ignore[method-assign]
+        if not self.runtime.open_connection(self.peer):
+            self._refuse(f"too many connections from {self.peer}")
+            self._closing_reason = ("refused", f"too many connections from {self.peer}")
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"too many connections from {self.peer}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.runtime.close_connection(self.peer)
@@ -253,6 +254,11 @@ class ConnectionHandler(asyncssh.SSHServer):
         assert self.auth is not None and self.conn is not None
         reason = f"certificate expired at {_utc(self.auth.cert.valid_before)}"
         self.end("expired", reason, user_message=f"your {reason}. {LOGIN_HINT}")
+
+    @property
+    def closing_reason(self) -> tuple[str, str] | None:
+        """(outcome, reason) once the bastion has decided to end this connection."""
+        return self._closing_reason
 
     def end(self, outcome: str, reason: str, *, user_message: str) -> None:
         """End every session on this connection with a message, then disconnect it.

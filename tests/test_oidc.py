@@ -88,6 +88,14 @@ def test_username_domain_is_stripped_case_insensitively(oidc_issuer: OidcIssuer)
     assert verify(config, token).username == "alice.smith"
 
 
+@pytest.mark.parametrize("verified", [False, None, "true"])
+def test_an_unverified_email_is_never_a_username(oidc_issuer: OidcIssuer, verified: object) -> None:
+    config = people(oidc_issuer, username_claim="email", username_domain="example.test")
+    token = token_for(oidc_issuer, email="alice@example.test", email_verified=verified)
+    with pytest.raises(TokenError, match="email is not verified"):
+        verify(config, token)
+
+
 def test_token_without_kid_is_accepted_only_with_a_single_key() -> None:
     with OidcIssuer() as issuer:
         claims = issuer.standard_claims("alice", [])

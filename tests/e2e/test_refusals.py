@@ -231,3 +231,21 @@ def _known_hosts(bastion: Bastion) -> str:
     from bastion.ca import known_hosts_line
 
     return known_hosts_line(bastion.host_ca(), ("localhost", "127.0.0.1"), bastion.ssh_port)
+
+
+def test_revoking_a_certificate_ends_its_live_session(client: Client, bastion: Bastion,
+                                                      oidc_issuer: OidcIssuer) -> None:
+    import pexpect
+
+    client.certify(oidc_issuer, "rita", ["dev"])
+    args = client.ssh_args("rita", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
+    term = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15)
+    term.expect("localhost")
+    serial = bastion.wait_event("certificate.issued", lambda e: e.user == "rita").detail["serial"]
+    started = time.monotonic()
+    bastion.revoke(serial)
+    term.expect("your certificate has been revoked", timeout=10)
+    term.expect(pexpect.EOF)
+    assert time.monotonic() - started < 5
+    event = bastion.wait_event("connection.revoked", lambda e: e.user == "rita")
+    assert f"serial {serial} was revoked" in event.detail["reason"]
