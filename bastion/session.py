@@ -34,6 +34,7 @@ from shell.context import ConnectOutcome, TargetView
 from shell.sql import SqlResult, run_console
 
 from .errors import BastionError
+from .proxies.pgclient import PgClient
 from .sqlaccess import SqlAccess
 
 if TYPE_CHECKING:
@@ -357,14 +358,20 @@ class SessionContext:
         return SqlAccess(self._runtime, self.identity, configured, decision.policy, self._session.session_id,
                          self._session.handler.peer, mark=self._session.mark)
 
-    async def connect(self, name: str) -> ConnectOutcome:
-        access = self._access(name, "connect")
+    async def _client(self, name: str, action: str) -> PgClient | ConnectOutcome:
+        """A connected client for ``name`` if policy allows ``action``, else what to tell the user."""
+        access = self._access(name, action)
         if isinstance(access, ConnectOutcome):
             return access
         try:
-            client = await access.console_client()
+            return await access.console_client()
         except BastionError as e:
             return ConnectOutcome(EXIT_ERROR, str(e))
+
+    async def connect(self, name: str) -> ConnectOutcome:
+        client = await self._client(name, "connect")
+        if isinstance(client, ConnectOutcome):
+            return client
         user = self.identity.user
         try:
             await run_console(client, user=user, history=self._session.history(f"{user}@{name}.sql"),
@@ -375,13 +382,9 @@ class SessionContext:
         return ConnectOutcome(EXIT_OK, f"left {name}; back in the bastion shell\n")
 
     async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
-        access = self._access(name, "sql")
-        if isinstance(access, ConnectOutcome):
-            return access
-        try:
-            client = await access.console_client()
-        except BastionError as e:
-            return ConnectOutcome(EXIT_ERROR, str(e))
+        client = await self._client(name, "sql")
+        if isinstance(client, ConnectOutcome):
+            return client
         try:
             return await client.execute(sql)
         except ConnectionError as e:
