@@ -51,7 +51,8 @@ def test_key_is_generated_0600_openssh_and_reused(tmp_path: Path) -> None:
     first = load_or_create_key(key_path, comment="alice@test")
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_path.parent.stat().st_mode) == 0o700
-    assert key_path.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    first_line = key_path.read_text().splitlines()[0]  # the OpenSSH private-key armour, not PEM/PKCS8
+    assert first_line.startswith("-----BEGIN OPENSSH ") and first_line.endswith(" KEY-----")
     pub = (tmp_path / "ssh" / "id_ed25519.pub").read_text()
     assert pub.startswith("ssh-ed25519 ") and pub.strip().endswith("alice@test")
     before = key_path.read_bytes()
