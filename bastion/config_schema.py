@@ -236,6 +236,15 @@ class Node:
             raise self.error("expected a non-empty string without surrounding spaces")
         return value
 
+    def labels(self) -> dict[str, str]:
+        """A mapping of non-empty label names to scalar values (as written)."""
+        labels = {}
+        for key, value in self.pairs("a mapping of label names to values"):
+            if not key.strip():
+                raise value.error("label names must not be empty", at_key=True)
+            labels[key] = value.scalar_text()
+        return labels
+
     def scalar_text(self) -> str:
         """Any non-null scalar, as the text written in the file (for labels)."""
         if not isinstance(self.node, yaml.ScalarNode) or self.is_null:

@@ -1,0 +1,145 @@
+"""The ``policies`` section of bastion.yaml: subjects, target selectors, approvals, guardrails, masking.
+
+Split from config.py, which loads the rest; errors keep the same ``file:line: key: expected`` form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bastion.config_schema import Node
+from bastion.errors import ConfigError
+from policies.masking import BUILTIN_DETECTORS, STRATEGIES
+from policies.model import (
+    Access,
+    ApprovalRule,
+    Approvers,
+    Guardrail,
+    MaskingRule,
+    Policy,
+    StatementEffect,
+    Subjects,
+    TargetSelector,
+)
+from policies.pgtypes import compile_glob
+from policies.sql import KINDS
+
+TARGET_KINDS = ("postgres", "mysql", "kubernetes", "ssh")
+
+
+def _subjects(node: Node) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    f = node.fields(("users", "groups"))
+    users = f["users"].names() if "users" in f else ()
+    groups = f["groups"].names() if "groups" in f else ()
+    if not users and not groups:
+        raise node.error("expected at least one user or group")
+    return users, groups
+
+
+def _selector(node: Node) -> TargetSelector:
+    f = node.fields(("names", "kinds", "labels"))
+    names = f["names"].names() if "names" in f else ()
+    kinds = tuple(item.choice(TARGET_KINDS) for item in f["kinds"].items()) if "kinds" in f else ()
+    labels = tuple(f["labels"].labels().items()) if "labels" in f else ()
+    if not (names or kinds or labels):
+        raise node.error('expected at least one of names, kinds or labels (use names: ["*"] for all targets)')
+    return TargetSelector(names=names, kinds=kinds, labels=labels)
+
+
+def _approval(node: Node) -> ApprovalRule:
+    keys = ("approvers", "min_approvals", "max_duration", "reason_required", "request_ttl")
+    f = node.fields(keys, required=("approvers",))
+    users, groups = _subjects(f["approvers"])
+    rule = ApprovalRule(
+        approvers=Approvers(users=users, groups=groups),
+        min_approvals=f["min_approvals"].integer() if "min_approvals" in f else 1,
+        max_duration=f["max_duration"].duration() if "max_duration" in f else ApprovalRule.max_duration,
+        reason_required=f["reason_required"].flag() if "reason_required" in f else True,
+        request_ttl=f["request_ttl"].duration() if "request_ttl" in f else ApprovalRule.request_ttl,
+    )
+    if not groups and rule.min_approvals > len(set(users)):
+        raise f["min_approvals"].error(f"cannot be met by the {len(set(users))} approver user(s) listed")
+    return rule
+
+
+def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_hash_key: bool) -> Policy:
+    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval", "guardrails", "masking")
+    f = node.fields(keys, required=("name", "subjects", "targets", "access"))
+    name = f["name"].name()
+    if name in seen:
+        raise f["name"].error(f"duplicate policy name {name!r} (first at line {seen[name]})")
+    seen[name] = f["name"].line
+    users, groups = _subjects(f["subjects"])
+    targets = _selector(f["targets"])
+    access = Access(f["access"].choice(a.value for a in Access))
+    if access is Access.APPROVAL and "approval" not in f:
+        raise ConfigError(node.file, node.key_line, f"{node.key}.approval", "required when access is approval")
+    if access is not Access.APPROVAL and "approval" in f:
+        raise f["approval"].error(f"allowed only when access is approval (access is {access.value})", at_key=True)
+    return Policy(
+        name=name,
+        subjects=Subjects(users=users, groups=groups),
+        targets=targets,
+        access=access,
+        port_forwarding=f["port_forwarding"].flag() if "port_forwarding" in f else False,
+        approval=_approval(f["approval"]) if "approval" in f else None,
+        guardrails=tuple(_guardrail(item, f"{name}.guardrails[{i}]")
+                         for i, item in enumerate(f["guardrails"].items())) if "guardrails" in f else (),
+        masking=tuple(_masking_rule(item, f"{name}.masking[{i}]", detectors, has_hash_key)
+                      for i, item in enumerate(f["masking"].items())) if "masking" in f else (),
+    )
+
+
+def load_policies(node: Node, *, detectors: Mapping[str, str], has_hash_key: bool) -> tuple[Policy, ...]:
+    """The ``policies`` list; ``detectors`` are the ones declared in ``masking.detectors``."""
+    seen: dict[str, int] = {}
+    return tuple(_policy(item, seen, detectors, has_hash_key) for item in node.items())
+
+
+def _guardrail(node: Node, name: str) -> Guardrail:
+    f = node.fields(("effect", "statements", "tables", "without_where"), required=("effect",))
+    effect = StatementEffect(f["effect"].choice(e.value for e in StatementEffect))
+    statements = tuple(_statement_kind(item) for item in f["statements"].items()) if "statements" in f else ()
+    tables = f["tables"].names() if "tables" in f else ()
+    without_where = f["without_where"].flag() if "without_where" in f else False
+    if not (statements or tables or without_where):
+        raise node.error("expected at least one of statements, tables or without_where: true "
+                         "(a guardrail without a criterion would match every statement)")
+    if without_where and statements and not {"update", "delete"} & set(statements):
+        raise f["without_where"].error("applies only to update and delete; add one of them to statements",
+                                       at_key=True)
+    return Guardrail(effect=effect, statements=statements, tables=tables, without_where=without_where, name=name)
+
+
+def _statement_kind(node: Node) -> str:
+    kind = node.text()
+    if kind not in KINDS:
+        raise node.error(f"expected a statement kind ({', '.join(sorted(KINDS))}); got {kind!r}")
+    return kind
+
+
+def _masking_rule(node: Node, name: str, detectors: Mapping[str, str], has_hash_key: bool) -> MaskingRule:
+    f = node.fields(("strategy", "columns", "detect"), required=("strategy",))
+    strategy = f["strategy"].choice(STRATEGIES)
+    if strategy == "hash" and not has_hash_key:
+        raise f["strategy"].error("hash needs a key: set masking.hash_key ({env: NAME} or {file: PATH}) "
+                                  "at the top level")
+    columns = tuple(_column(item) for item in f["columns"].items()) if "columns" in f else ()
+    detect = tuple(_detector(item, detectors) for item in f["detect"].items()) if "detect" in f else ()
+    if not (columns or detect):
+        raise node.error("expected at least one of columns or detect")
+    return MaskingRule(strategy=strategy, columns=columns, detect=detect, name=name)
+
+
+def _column(node: Node) -> str:
+    column = node.name()
+    node.parse(compile_glob, column)  # the masking engine's own check: at most schema.table.column
+    return column
+
+
+def _detector(node: Node, detectors: Mapping[str, str]) -> str:
+    detector = node.name()
+    if detector not in BUILTIN_DETECTORS and detector not in detectors:
+        raise node.error(f"unknown detector {detector!r}; expected a built-in one ({', '.join(BUILTIN_DETECTORS)}) "
+                         "or one declared in masking.detectors")
+    return detector
