@@ -8,10 +8,8 @@ algorithms, one plain key, and direct-tcpip (``ssh -L``) to anywhere on loopback
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -20,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-from _support import SSHD, Lab, free_port, stop_process, wait_for_file, wait_for_port
+from _support import SSHD, Lab, free_port, serve_bare, stop_process, wait_for_file, wait_for_port
 
 from bastion.devdb import PgServer
-from bastion.server import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS, SIGNATURE_ALGS
 
 APP_USER = "bench_app"
 DATABASE = "bench"
@@ -154,23 +151,7 @@ class _Forwarder(asyncssh.SSHServer):
 
 
 async def _bare_forward(ready: Path, host_key: Path, authorized_keys: Path) -> None:
-    server = await asyncssh.create_server(
-        _Forwarder, "127.0.0.1", 0, server_host_keys=[str(host_key)],
-        authorized_client_keys=str(authorized_keys),
-        kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS, mac_algs=MAC_ALGS,
-        signature_algs=SIGNATURE_ALGS, compression_algs=["none"], encoding=None,
-        keepalive_interval=30, keepalive_count_max=3, agent_forwarding=False,
-        x11_forwarding=False, allow_scp=False)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    tmp = ready.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"port": server.sockets[0].getsockname()[1], "pid": os.getpid()}))
-    os.replace(tmp, ready)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
+    await serve_bare(ready, host_key, authorized_keys, _Forwarder)
 
 
 if __name__ == "__main__":

@@ -386,13 +386,12 @@ def ms(seconds: float) -> str:
 # -- the bare asyncssh server ------------------------------------------------------------
 
 
-async def _bare_server(ready: Path, host_key: Path, authorized_keys: Path) -> None:
-    def process(proc: asyncssh.SSHServerProcess[bytes]) -> None:
-        proc.exit(0)
-
+async def serve_bare(ready: Path, host_key: Path, authorized_keys: Path,
+                     server_factory: Any = asyncssh.SSHServer, **options: Any) -> None:
+    """A bare asyncssh server with the bastion's algorithms, until SIGINT/SIGTERM; its port goes to ``ready``."""
     server = await asyncssh.create_server(
-        asyncssh.SSHServer, "127.0.0.1", 0, server_host_keys=[str(host_key)],
-        authorized_client_keys=str(authorized_keys), process_factory=process,
+        server_factory, "127.0.0.1", 0, server_host_keys=[str(host_key)],
+        authorized_client_keys=str(authorized_keys), **options,
         kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS, mac_algs=MAC_ALGS,
         signature_algs=SIGNATURE_ALGS, compression_algs=["none"], encoding=None,
         keepalive_interval=30, keepalive_count_max=3, agent_forwarding=False,
@@ -407,6 +406,13 @@ async def _bare_server(ready: Path, host_key: Path, authorized_keys: Path) -> No
     await stop.wait()
     server.close()
     await server.wait_closed()
+
+
+async def _bare_server(ready: Path, host_key: Path, authorized_keys: Path) -> None:
+    def process(proc: asyncssh.SSHServerProcess[bytes]) -> None:
+        proc.exit(0)
+
+    await serve_bare(ready, host_key, authorized_keys, process_factory=process)
 
 
 if __name__ == "__main__":
