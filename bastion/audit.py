@@ -7,12 +7,21 @@ an admin CLI on the same host never fork the chain.
 
 ``synchronous=NORMAL`` in WAL mode means a commit does not wait for fsync: a
 power loss can lose the last moments, never corrupt the chain.
+
+Events on a session's hot path (one per SQL statement) go through
+:meth:`AuditStore.defer`: they are chained and written in batches, at the
+latest :data:`FLUSH_DELAY` after the first one, and whenever anything else is
+appended, read or the store closes. A failed batch stays queued and makes the
+next ``defer`` raise, so a session cannot go on unaudited.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -24,8 +33,12 @@ import sqlite_utils
 
 from .errors import AuditError
 
+log = logging.getLogger(__name__)
+
 GENESIS = "0" * 64
 SCHEMA_VERSION = 1
+FLUSH_DELAY = 0.05      # seconds a deferred event may wait for its batch
+BATCH_MAX = 512         # a batch this large is written at once
 
 
 @dataclass(frozen=True)
@@ -102,11 +115,17 @@ class AuditStore:
         self.path = path
         self._conn = conn
         self.db = sqlite_utils.Database(conn)
+        self._queue: list[dict[str, Any]] = []   # deferred events, in order, not yet chained
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._failure: Exception | None = None   # why the last batch could not be written
         self._migrate()
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._conn.close()
+        """Write what is queued, then close the database connection."""
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
 
     def _migrate(self) -> None:
         db = self.db
@@ -142,29 +161,86 @@ class AuditStore:
         target: str | None = None, session: str | None = None, rule: str | None = None,
         outcome: str | None = None, ts: float | None = None, **detail: Any,
     ) -> Event:
-        """Append one event to the chain and return it as stored."""
-        row: dict[str, Any] = {
-            "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
-            "source": source, "target": target, "session": session, "rule": rule,
-            "outcome": outcome,
-            "detail": json.dumps({k: v for k, v in detail.items() if v is not None},
-                                 sort_keys=True, separators=(",", ":"), default=str),
-        }
+        """Append one event to the chain now (after any deferred ones) and return it as stored."""
+        row = _row(kind, user, source, target, session, rule, outcome, ts, detail)
+        self.flush()
+        self._write([row])
+        return _to_event(row)
+
+    def defer(
+        self, kind: str, *, user: str | None = None, source: str | None = None,
+        target: str | None = None, session: str | None = None, rule: str | None = None,
+        outcome: str | None = None, **detail: Any,
+    ) -> None:
+        """Queue one event for the next batch; raise AuditError while batches cannot be written.
+
+        For the data path: a statement must not wait for a disk transaction of
+        its own. The event's time is taken now; its place in the chain when the
+        batch is written, in the order events were deferred.
+        """
+        if self._failure is not None:
+            raise AuditError(f"the audit store cannot be written: {self._failure}")
+        self._queue.append({"ts": time.time(), "kind": kind, "user": user, "source": source, "target": target,
+                            "session": session, "rule": rule, "outcome": outcome, "detail": detail})
+        if len(self._queue) >= BATCH_MAX:
+            self.flush()
+        elif self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (a CLI, a test): nothing would flush later
+                self.flush()
+                return
+            self._flush_timer = loop.call_later(FLUSH_DELAY, self._timed_flush)
+
+    def _timed_flush(self) -> None:
+        self._flush_timer = None
+        try:
+            self.flush()
+        except AuditError as e:
+            log.error("%s; the queued events are kept and retried", e)
+
+    def flush(self) -> None:
+        """Write every deferred event, in one transaction; raise AuditError if that fails."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if not self._queue:
+            return
+        queued = self._queue
+        try:
+            rows = [_row(q["kind"], q["user"], q["source"], q["target"], q["session"], q["rule"], q["outcome"],
+                         q["ts"], q["detail"]) for q in queued]
+            self._write(rows)
+        except (sqlite3.Error, TypeError, ValueError) as e:
+            self._failure = e
+            if self._flush_timer is None:
+                with contextlib.suppress(RuntimeError):  # retried while a loop runs; else at the next call
+                    self._flush_timer = asyncio.get_running_loop().call_later(1.0, self._timed_flush)
+            raise AuditError(f"cannot write {len(queued)} audit event(s) to {self.path}: {e}") from e
+        del queued[:len(rows)]
+        self._failure = None
+
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Chain and insert rows in one BEGIN IMMEDIATE transaction; each row gets its id and hashes."""
         with self._immediate():
-            last = self._conn.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            row["prev_hash"] = last[0] if last else GENESIS
-            row["hash"] = _event_hash(row["prev_hash"], row)
-            cur = self._conn.execute(
-                f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                list(row.values()),
-            )
-        return _to_event({"id": cur.lastrowid, **row})
+            last = self._conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            next_id, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            for row in rows:
+                row["id"] = next_id
+                row["prev_hash"] = prev
+                row["hash"] = prev = _event_hash(prev, row)
+                next_id += 1
+            columns = ("id", *_EVENT_FIELDS, "prev_hash", "hash")
+            self._conn.executemany(
+                f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                [[row[c] for c in columns] for row in rows])
 
     def events(
         self, *, user: str | None = None, since: float | None = None, kinds: tuple[str, ...] = (),
         session: str | None = None, limit: int | None = None,
     ) -> list[Event]:
         """Events matching every filter given, oldest first."""
+        self.flush()
         where: list[str] = []
         args: list[Any] = []
         if user is not None:
@@ -187,6 +263,7 @@ class AuditStore:
 
     def verify_chain(self) -> ChainReport:
         """Recompute every event's hash and link; report the first break."""
+        self.flush()
         prev, count, expected_id = GENESIS, 0, None
         for row in self.db.query("SELECT * FROM events ORDER BY id"):
             count += 1
@@ -279,6 +356,16 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _row(kind: str, user: str | None, source: str | None, target: str | None, session: str | None,
+         rule: str | None, outcome: str | None, ts: float | None, detail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
+        "source": source, "target": target, "session": session, "rule": rule, "outcome": outcome,
+        "detail": json.dumps({k: v for k, v in detail.items() if v is not None},
+                             sort_keys=True, separators=(",", ":"), default=str),
+    }
 
 
 def _to_event(row: dict[str, Any]) -> Event:

@@ -21,7 +21,7 @@ from policies.masking import Column as MaskColumn
 from policies.masking import ColumnPlan, Masker
 from policies.model import Identity, Policy, StatementEffect
 from policies.pgtypes import mask_binary
-from policies.sql import SqlError, Statement, classify, resolve_execute
+from policies.sql import ShapeCache, SqlError, Statement, resolve_execute
 from recorders.asciicast import Header
 from recorders.store import Recording
 from recorders.tap import SessionTap
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_AUDITED_SQL = 8192
+SHAPES = ShapeCache()  # shared by every session: classification is pure, and apps repeat their statements
 REVIEW_UNAVAILABLE = "held statements need the approvals feature, which is not available yet; the statement was not run"
 
 
@@ -103,7 +104,7 @@ class PolicyInspector:
     def check(self, sql: str) -> StatementVerdict:
         """Judge one Query or Parse message (several statements in it are judged together)."""
         try:
-            statements = [resolve_execute(s, self._prepared) for s in classify(sql)]
+            statements = [resolve_execute(s, self._prepared) for s in SHAPES.classify(sql)]
         except SqlError as e:
             return StatementVerdict(StatementEffect.DENY, "unparsable",
                                     f"the SQL could not be parsed, so it is not allowed ({e}); check the syntax")
@@ -126,7 +127,7 @@ class PolicyInspector:
     def audit(self, event: StatementEvent) -> None:
         """One audit event per statement; refusals also go into the recording."""
         verdict = event.verdict
-        self._store.append(
+        self._store.defer(
             "sql.statement", user=self._identity.user, source=self._source, target=self._target,
             session=self._session, rule=verdict.rule, outcome=verdict.effect.value,
             sql=event.sql[:MAX_AUDITED_SQL],

@@ -78,8 +78,8 @@ from pglast import parser
 
 from .sql_walk import DANGEROUS_FUNCTIONS, Facts, is_dangerous, node_kinds, walk
 
-__all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "SqlError", "Statement", "classify", "is_dangerous",
-           "resolve_execute"]
+__all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "ShapeCache", "SqlError", "Statement", "classify",
+           "is_dangerous", "resolve_execute"]
 
 KINDS: frozenset[str] = frozenset({
     "select", "insert", "update", "delete", "merge", "truncate", "drop", "create", "alter", "grant", "revoke",
@@ -166,6 +166,73 @@ def classify(sql: str) -> list[Statement]:
         kind = next(iter(node_kinds(item.stmt)), "other")
         statements.append(_statement(text, kind, walk(item.stmt)))
     return statements
+
+
+# Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+_UNICODE_ESCAPES = frozenset({"UIDENT", "USCONST", "UESCAPE"})
+_COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
+
+# Kinds whose classification reads no literal's value, only which tokens are where. EXPLAIN is not
+# one (``ANALYZE 0`` vs ``ANALYZE 1``), nor is anything that names prepared statements or functions
+# this module singles out: those are classified afresh every time.
+LITERAL_BLIND_KINDS: frozenset[str] = frozenset({
+    "select", "insert", "update", "delete", "merge", "lock", "transaction", "show"})
+
+
+class ShapeCache:
+    """:func:`classify` for statements that differ only in their literals, parsed once per shape.
+
+    The key is the statement's token sequence from PostgreSQL's own scanner,
+    with each literal's text replaced by its token type; everything else
+    (keywords, identifiers, operators, parameters) stays byte for byte. Two
+    texts with one key therefore parse to the same tree but for literal values,
+    and only single statements whose kinds are in :data:`LITERAL_BLIND_KINDS`
+    are kept, so a hit gives what :func:`classify` would. This is what makes
+    ``SELECT … WHERE id = 42`` cheap on the data path the thousandth time.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._shapes: dict[bytes, Statement] = {}
+        self.hits = self.misses = 0
+
+    def classify(self, sql: str) -> list[Statement]:
+        """What :func:`classify` returns for ``sql``; raises SqlError the same way."""
+        shape = _shape(sql)
+        if shape is None:
+            return classify(sql)
+        key, text = shape
+        cached = self._shapes.get(key)
+        if cached is not None:
+            self.hits += 1
+            return [replace(cached, text=text)]
+        self.misses += 1
+        statements = classify(sql)
+        if len(statements) == 1 and statements[0].kinds <= LITERAL_BLIND_KINDS:
+            if len(self._shapes) >= self.size:
+                self._shapes.clear()  # simple and bounded; a hot shape is back after one parse
+            self._shapes[key] = statements[0]
+        return statements
+
+
+def _shape(sql: str) -> tuple[bytes, str] | None:
+    """(key, statement text as classify() would cut it), or None when the scanner refuses the SQL."""
+    if "\x00" in sql:
+        return None
+    try:
+        # Comments are tokens of the scanner but whitespace to the grammar: they are left out.
+        tokens = [t for t in parser.scan(sql) if t.name not in _COMMENTS]
+    except Exception:  # noqa: BLE001 - whatever the scanner dislikes, classify() decides about
+        return None
+    if not tokens or any(t.name in _UNICODE_ESCAPES for t in tokens):
+        return None  # UESCAPE 'c' is a literal that changes how a U&"…" identifier reads
+    data = sql.encode("utf-8")  # the scanner reports byte offsets, inclusive at the end
+    parts = [b"\x01" + t.name.encode() if t.name in _LITERAL_TOKENS else data[t.start:t.end + 1] for t in tokens]
+    last = tokens[-1]
+    end = last.start if last.name == "ASCII_59" else len(data)  # 59 is ';'; classify() cuts before it
+    # NUL never occurs in the SQL (refused above), so it separates tokens unambiguously.
+    return b"\x00".join(parts), data[tokens[0].start:end].decode("utf-8", "replace").strip()
 
 
 def resolve_execute(statement: Statement, prepared: Mapping[str, Statement]) -> Statement:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing
 import sqlite3
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.audit import AuditStore, Issuance
+from bastion.audit import BATCH_MAX, FLUSH_DELAY, AuditStore, Issuance
+from bastion.errors import AuditError
 
 
 @pytest.fixture
@@ -85,3 +87,74 @@ def test_issuance_lookup_and_revocation(store: AuditStore) -> None:
     store.revoke(7, by="admin", reason="lost laptop")
     store.revoke(7, by="admin", reason="again")
     assert store.is_revoked(7)
+
+
+def other_reader(path: Path) -> list[tuple[int, str]]:
+    """What another process would see: a connection of its own."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, json_extract(detail, '$.sql') FROM events ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_deferred_events_are_written_in_a_batch_soon_and_in_order(store: AuditStore) -> None:
+    async def main() -> list[tuple[int, str]]:
+        for i in range(20):
+            store.defer("sql.statement", user="alice", sql=f"SELECT {i}")
+        assert other_reader(store.path) == []  # not yet: they wait for their batch
+        await asyncio.sleep(FLUSH_DELAY * 4)
+        return other_reader(store.path)
+
+    assert asyncio.run(main()) == [(i + 1, f"SELECT {i}") for i in range(20)]
+    assert store.verify_chain().ok
+
+
+def test_append_and_reads_come_after_what_was_deferred(store: AuditStore) -> None:
+    async def main() -> None:
+        store.defer("sql.statement", user="alice", sql="SELECT 1")
+        store.append("session.end", user="alice")
+        assert [e.kind for e in store.events()] == ["sql.statement", "session.end"]
+
+    asyncio.run(main())
+    assert store.verify_chain().ok
+
+
+def test_a_full_batch_and_close_write_without_waiting(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path / "audit.db")
+
+    async def main() -> None:
+        for i in range(BATCH_MAX + 3):
+            store.defer("sql.statement", sql=f"SELECT {i}")
+        assert len(other_reader(store.path)) == BATCH_MAX
+
+    asyncio.run(main())
+    store.close()
+    assert len(other_reader(tmp_path / "audit.db")) == BATCH_MAX + 3
+
+
+def test_without_an_event_loop_defer_writes_at_once(store: AuditStore) -> None:
+    store.defer("sql.statement", sql="SELECT 1")
+    assert other_reader(store.path) == [(1, "SELECT 1")]
+
+
+def test_a_batch_that_cannot_be_written_stops_further_statements(store: AuditStore) -> None:
+    async def main() -> None:
+        store.defer("sql.statement", sql="SELECT 1")
+        # Another writer holds the write lock longer than the store's busy timeout.
+        store._conn.execute("PRAGMA busy_timeout = 50")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(AuditError, match="cannot write 1 audit event"):
+            store.flush()
+        with pytest.raises(AuditError, match="cannot be written"):
+            store.defer("sql.statement", sql="SELECT 2")
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.flush()  # the queued event was kept, and goes in now
+        store.defer("sql.statement", sql="SELECT 3")
+        store.flush()
+
+    asyncio.run(main())
+    assert other_reader(store.path) == [(1, "SELECT 1"), (2, "SELECT 3")]
+    assert store.verify_chain().ok
