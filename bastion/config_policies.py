@@ -47,7 +47,7 @@ def _selector(node: Node) -> TargetSelector:
 
 
 def _approval(node: Node) -> ApprovalRule:
-    keys = ("approvers", "min_approvals", "max_duration", "reason_required", "request_ttl")
+    keys = ("approvers", "min_approvals", "max_duration", "reason_required", "request_ttl", "break_glass")
     f = node.fields(keys, required=("approvers",))
     users, groups = _subjects(f["approvers"])
     rule = ApprovalRule(
@@ -56,6 +56,7 @@ def _approval(node: Node) -> ApprovalRule:
         max_duration=f["max_duration"].duration() if "max_duration" in f else ApprovalRule.max_duration,
         reason_required=f["reason_required"].flag() if "reason_required" in f else True,
         request_ttl=f["request_ttl"].duration() if "request_ttl" in f else ApprovalRule.request_ttl,
+        break_glass=f["break_glass"].flag() if "break_glass" in f else False,
     )
     if not groups and rule.min_approvals > len(set(users)):
         raise f["min_approvals"].error(f"cannot be met by the {len(set(users))} approver user(s) listed")

@@ -93,6 +93,7 @@ class ApprovalRule:
     max_duration: float = 3600.0  # seconds
     reason_required: bool = True
     request_ttl: float = 3600.0  # seconds a pending request lives
+    break_glass: bool = False  # a subject may grant themselves emergency access, with a reason (flagged in audit)
 
 
 class StatementEffect(StrEnum):
