@@ -52,9 +52,13 @@ class _PlanMasker:
     names: tuple[str, ...] = ()
     changed: set[str] | None = None
 
+    def __post_init__(self) -> None:
+        self._watched = frozenset(self.names[i] for i in self.plan.masked_columns if i < len(self.names))
+
     def text_row(self, values: list[bytes | None]) -> list[bytes | None]:
         masked, count = self.masker.mask_row_text(self.plan, values)
-        if count and self.changed is not None:
+        # Once every maskable column is noted (until the console resets the set), rows skip this.
+        if count and self.changed is not None and not self._watched <= self.changed:
             self.changed.update(self.names[i] for i in self.plan.masked_columns if masked[i] != values[i])
         return masked
 

@@ -31,6 +31,7 @@ HASH_PREFIX = "hash:"
 STRATEGIES: tuple[str, ...] = ("redact", "partial", "hash")
 _RANK = {"partial": 0, "hash": 1, "redact": 2}  # when rules disagree, the one that reveals least wins
 _REDACTED_BYTES = REDACTED.encode()
+_PARTIAL_EMAIL = f"{PARTIAL_PREFIX}@".encode()
 _MAYBE_JSON_START = frozenset(b'{["' + b" \t\r\n")
 _Finding = tuple[int, int, str, str | None]  # start, end, strategy, detector (None where several overlapped)
 _NO_DETECTORS: Mapping[str, str] = MappingProxyType({})
@@ -106,6 +107,8 @@ class _Whole:
                 return _REDACTED_BYTES
             if self.strategy == "hash":
                 return self._strategies.hash_bytes(value).encode()
+            if b"@" in value and _is_email(value.decode("utf-8", "surrogateescape")):
+                return _PARTIAL_EMAIL + value.rpartition(b"@")[2]  # what partial() gives, without the round trip
         return _encode(self.text(value.decode("utf-8", "surrogateescape")))
 
 
