@@ -73,10 +73,19 @@ def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_
     users, groups = _subjects(f["subjects"])
     targets = _selector(f["targets"])
     access = Access(f["access"].choice(a.value for a in Access))
-    if access is Access.APPROVAL and "approval" not in f:
-        raise ConfigError(node.file, node.key_line, f"{node.key}.approval", "required when access is approval")
-    if access is not Access.APPROVAL and "approval" in f:
-        raise f["approval"].error(f"allowed only when access is approval (access is {access.value})", at_key=True)
+    guardrails = tuple(_guardrail(item, f"{name}.guardrails[{i}]")
+                       for i, item in enumerate(f["guardrails"].items())) if "guardrails" in f else ()
+    # The approval block names who approves access, and who reviews statements a guardrail holds.
+    reviews = any(g.effect is StatementEffect.REVIEW for g in guardrails)
+    if (access is Access.APPROVAL or reviews) and "approval" not in f:
+        why = "access is approval" if access is Access.APPROVAL else "a guardrail has effect review"
+        raise ConfigError(node.file, node.key_line, f"{node.key}.approval",
+                          f"required when {why}: it names the approvers")
+    if access is Access.DENY and "approval" in f:
+        raise f["approval"].error("not allowed when access is deny", at_key=True)
+    if access is Access.ALLOW and "approval" in f and not reviews:
+        raise f["approval"].error("allowed only when access is approval or a guardrail has effect review "
+                                  "(access is allow)", at_key=True)
     return Policy(
         name=name,
         subjects=Subjects(users=users, groups=groups),
@@ -84,8 +93,7 @@ def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_
         access=access,
         port_forwarding=f["port_forwarding"].flag() if "port_forwarding" in f else False,
         approval=_approval(f["approval"]) if "approval" in f else None,
-        guardrails=tuple(_guardrail(item, f"{name}.guardrails[{i}]")
-                         for i, item in enumerate(f["guardrails"].items())) if "guardrails" in f else (),
+        guardrails=guardrails,
         masking=tuple(_masking_rule(item, f"{name}.masking[{i}]", detectors, has_hash_key)
                       for i, item in enumerate(f["masking"].items())) if "masking" in f else (),
     )

@@ -12,16 +12,18 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from policies.approvals import RequestKind, State
 from policies.guardrails import DEFAULT_RULE, Verdict, evaluate
 from policies.masking import Column as MaskColumn
 from policies.masking import ColumnPlan, Masker
 from policies.model import Identity, Policy, StatementEffect
 from policies.pgtypes import mask_binary
-from policies.sql import ShapeCache, SqlError, Statement, resolve_execute
+from policies.sql import ShapeCache, SqlError, Statement, has_parameters, resolve_execute
 from recorders.asciicast import Header
 from recorders.store import Recording
 from recorders.tap import SessionTap
@@ -34,13 +36,14 @@ from .proxies.pgclient import PgClient
 from .proxies.postgres import serve_client
 
 if TYPE_CHECKING:
+    from .approvals import Approvals
     from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 MAX_AUDITED_SQL = 8192
 SHAPES = ShapeCache()  # shared by every session: classification is pure, and apps repeat their statements
-REVIEW_UNAVAILABLE = "held statements need the approvals feature, which is not available yet; the statement was not run"
+REVIEW_UNAVAILABLE = "approvals are not available on this path, so the statement was not run"
 
 
 @dataclass
@@ -87,8 +90,12 @@ class PolicyInspector:
 
     def __init__(self, *, config: Config, store: AuditStore, identity: Identity, target: str, policy: Policy,
                  session: str, source: str, mark: Callable[[str], None] | None = None,
-                 on_event: Callable[[StatementEvent], None] | None = None) -> None:
+                 on_event: Callable[[StatementEvent], None] | None = None,
+                 approvals: Approvals | None = None, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._approvals = approvals
+        self._clock = clock
+        self._told: set[str] = set()  # decided requests this client has already been told about
         self._identity = identity
         self._target = target
         self._policy = policy
@@ -105,7 +112,7 @@ class PolicyInspector:
 
     # -- Inspector ----------------------------------------------------------------
 
-    def check(self, sql: str) -> StatementVerdict:
+    def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         """Judge one Query or Parse message (several statements in it are judged together)."""
         try:
             statements = [resolve_execute(s, self._prepared) for s in SHAPES.classify(sql)]
@@ -113,9 +120,52 @@ class PolicyInspector:
             return StatementVerdict(StatementEffect.DENY, "unparsable",
                                     f"the SQL could not be parsed, so it is not allowed ({e}); check the syntax")
         verdict = evaluate(self._policy.guardrails, statements)
+        if verdict.effect is StatementEffect.REVIEW:
+            held = self._held(sql, verdict, extended=extended)
+            if held.allowed:
+                self._track_prepared(statements)
+            return held
         if verdict.effect is StatementEffect.ALLOW:
             self._track_prepared(statements)
-        return _as_statement_verdict(verdict)
+        return StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
+
+    def _held(self, sql: str, verdict: Verdict, *, extended: bool) -> StatementVerdict:
+        """A statement a guardrail holds: run it on its approval, else file (or point at) its request."""
+        rule, approvals = self._policy.approval, self._approvals
+        if rule is None or approvals is None:
+            return StatementVerdict(StatementEffect.REVIEW, verdict.rule,
+                                    f"{verdict.reason}; {REVIEW_UNAVAILABLE}")
+        if extended and has_parameters(sql):
+            # A reviewer approves the text they read; values bound later would ride on that approval.
+            return StatementVerdict(StatementEffect.REVIEW, verdict.rule,
+                                    f"{verdict.reason}; a statement held for review cannot take bound parameters: "
+                                    "send it with its values written in (psql, the console or `sql`)")
+        user, now, text = self._identity.user, self._clock(), sql.encode("utf-8", "surrogateescape")
+        used = approvals.consume_statement_approval(user, self._target, text, now)
+        if used is not None:
+            return StatementVerdict(StatementEffect.ALLOW, f"request {used.id}",
+                                    f"approved by {', '.join(sorted(used.approvers))}", request=used.id)
+        latest = approvals.latest_statement(user, self._target, text)
+        if latest is not None and latest.state is State.PENDING and now < latest.expires:
+            return StatementVerdict(StatementEffect.REVIEW, verdict.rule,
+                                    f"{verdict.reason}; request {latest.id} waits for an approver", request=latest.id)
+        if latest is not None and latest.state in (State.DENIED, State.EXPIRED) and latest.id not in self._told:
+            self._told.add(latest.id)  # said once; sending it again files a new request
+            why = latest.decision_reason or "no reason given"
+            by = f" by {latest.decided_by}" if latest.decided_by else ""
+            return StatementVerdict(StatementEffect.DENY, verdict.rule,
+                                    f"request {latest.id} was {latest.state.value}{by}: {why}")
+        try:
+            request = approvals.file_request(
+                rule, requester=user, target=self._target, kind=RequestKind.STATEMENT, now=now, statement=text,
+                reason=f"held by {verdict.rule}: {verdict.reason}", policy=self._policy.name, session=self._session)
+        except BastionError as e:
+            return StatementVerdict(StatementEffect.DENY, verdict.rule, f"{verdict.reason}; cannot file a request: {e}")
+        if self._mark is not None:
+            self._mark(f"statement held on {self._target} as request {request.id}")
+        return StatementVerdict(StatementEffect.REVIEW, verdict.rule,
+                                f"{verdict.reason}; filed request {request.id} for an approver; once it is approved, "
+                                "send exactly the same statement again", request=request.id)
 
     def masker_for(self, columns: Sequence[Column]) -> RowMasker | None:
         """A masker for this result shape, or None when nothing in it is masked."""
@@ -159,12 +209,6 @@ class PolicyInspector:
                 self._prepared[statement.prepares] = statement.prepared
 
 
-def _as_statement_verdict(verdict: Verdict) -> StatementVerdict:
-    if verdict.effect is StatementEffect.REVIEW:
-        return StatementVerdict(StatementEffect.REVIEW, verdict.rule, f"{verdict.reason}; {REVIEW_UNAVAILABLE}")
-    return StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
-
-
 # -- opening SQL access for a session ---------------------------------------------------
 
 
@@ -193,7 +237,8 @@ class SqlAccess:
         """A fresh inspector for one client connection."""
         return PolicyInspector(config=self.runtime.config, store=self.runtime.store, identity=self.identity,
                                target=self.target.name, policy=self.policy, session=self.session,
-                               source=self.source, mark=self.mark, on_event=on_event)
+                               source=self.source, mark=self.mark, on_event=on_event,
+                               approvals=self.runtime.approvals, clock=self.runtime.clock)
 
     async def console_client(self) -> PgClient:
         """A connected in-process client, for the console and `sql` commands. Raises BastionError."""

@@ -79,7 +79,7 @@ from pglast import parser
 from .sql_walk import DANGEROUS_FUNCTIONS, Facts, is_dangerous, node_kinds, walk
 
 __all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "ShapeCache", "SqlError", "Statement", "classify",
-           "is_dangerous", "resolve_execute"]
+           "has_parameters", "is_dangerous", "resolve_execute"]
 
 KINDS: frozenset[str] = frozenset({
     "select", "insert", "update", "delete", "merge", "truncate", "drop", "create", "alter", "grant", "revoke",
@@ -233,6 +233,14 @@ def _shape(sql: str) -> tuple[bytes, str] | None:
     end = last.start if last.name == "ASCII_59" else len(data)  # 59 is ';'; classify() cuts before it
     # NUL never occurs in the SQL (refused above), so it separates tokens unambiguously.
     return b"\x00".join(parts), data[tokens[0].start:end].decode("utf-8", "replace").strip()
+
+
+def has_parameters(sql: str) -> bool:
+    """True when the SQL has ``$n`` parameter placeholders (an unparsable text counts as having them)."""
+    try:
+        return any(t.name == "PARAM" for t in parser.scan(sql))
+    except Exception:  # noqa: BLE001 - fail closed: what cannot be scanned may hide anything
+        return True
 
 
 def resolve_execute(statement: Statement, prepared: Mapping[str, Statement]) -> Statement:

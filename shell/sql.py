@@ -61,6 +61,7 @@ class SqlResult:
     masked_columns: frozenset[int] = frozenset()  # indexes where masking changed at least one value
     duration: float = 0.0  # seconds
     notices: tuple[str, ...] = ()  # notice messages, without the severity
+    request: str | None = None  # held: the id of the request an approver decides
 
     @property
     def denied(self) -> bool:

@@ -30,6 +30,7 @@ policies:
     subjects: {groups: [dev]}
     targets: {labels: {env: demo}}
     access: allow
+    approval: {approvers: {groups: [sre]}}
     guardrails:
       - {effect: deny, statements: [drop, truncate, alter_system]}
       - {effect: deny, statements: [update, delete], without_where: true}

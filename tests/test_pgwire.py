@@ -99,7 +99,7 @@ def test_round_trips() -> None:
 class AllowAll:
     """Allows everything, masks nothing."""
 
-    def check(self, sql: str) -> StatementVerdict:
+    def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         return StatementVerdict(StatementEffect.ALLOW, "test", "ok")
 
     def masker_for(self, columns: Any) -> None:

@@ -79,7 +79,7 @@ class FakeInspector:
     columns_seen: list[tuple[Column, ...]] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
 
-    def check(self, sql: str) -> StatementVerdict:
+    def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         self.checked.append(sql)
         if re.search(r"\b(delete|drop)\b", sql, re.I):
             return StatementVerdict(StatementEffect.DENY, "test.no-delete", "DELETE and DROP are not allowed")

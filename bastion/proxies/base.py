@@ -65,6 +65,7 @@ class StatementVerdict:
     effect: StatementEffect
     rule: str
     reason: str
+    request: str | None = None  # review: the request filed for it; allow: the approved request it used
 
     @property
     def allowed(self) -> bool:
@@ -107,11 +108,15 @@ class RowMasker(Protocol):
         ...
 
 
+HELD_DETAIL = "request "
+"""How a held statement's ErrorResponse names its request in the detail field: ``request r-…``."""
+
+
 class Inspector(Protocol):
     """The bastion's policy side for one session; the proxy calls it and enforces its answers."""
 
-    def check(self, sql: str) -> StatementVerdict:
-        """Judge one Query message or one Parse, before anything is forwarded."""
+    def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
+        """Judge one Query message (or, ``extended``, one Parse), before anything is forwarded."""
         ...
 
     def masker_for(self, columns: Sequence[Column]) -> RowMasker | None:

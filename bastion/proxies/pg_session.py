@@ -18,14 +18,14 @@ from typing import Any
 from policies.model import StatementEffect
 
 from . import pgwire as w
-from .base import ByteReader, ByteWriter, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
+from .base import HELD_DETAIL, ByteReader, ByteWriter, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
 from .pg_results import ResultRelay, write_chunk
 from .pg_state import Await, Pending, Portal, Statement, render_params
 from .pg_upstream import UpstreamConnection
 
 CHUNK = 256 * 1024
 SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
-SQLSTATE_REVIEW = "42501"   # held for review: refused the same way until approvals exist
+SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
 
 
@@ -144,9 +144,9 @@ class PgSession(ResultRelay):
             return w.SYNC_MESSAGE
         raise w.ProtocolError(f"unexpected message type {chr(typ)!r} from the client")
 
-    def _check(self, sql: str) -> StatementVerdict:
+    def _check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         try:
-            return self.inspector.check(sql)
+            return self.inspector.check(sql, extended=extended)
         except Exception:  # broad on purpose: a failing policy engine must refuse, not crash the session
             self.log.exception("the inspector failed; the statement is refused")
             return StatementVerdict(StatementEffect.DENY, "bastion", "the statement could not be checked")
@@ -165,9 +165,10 @@ class PgSession(ResultRelay):
 
     def _on_parse(self, body: bytes) -> bytes | None:
         name, sql, oids = w.parse_parse(body)
-        verdict = self._check(sql)
+        verdict = self._check(sql, extended=True)
         if verdict.allowed:
-            statement = Statement(sql, verdict, oids)
+            # A statement that ran on an approval is bound once: the approval covers one execution.
+            statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
             # Always a fresh, undescribed entry: a stale shape would mask new rows with old columns.
             # If the target refuses the Parse (a duplicate name), the undo puts the old entry back.
             previous = self.statements.get(name)
@@ -186,6 +187,13 @@ class PgSession(ResultRelay):
             verdict = StatementVerdict(StatementEffect.DENY, "bastion",
                                        f'prepared statement "{bind.statement}" was not prepared through the bastion')
             return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", verdict, sqlstate="26000"))
+        if statement.binds_left is not None:
+            if statement.binds_left <= 0:
+                verdict = StatementVerdict(StatementEffect.DENY, statement.verdict.rule,
+                                           f"request {statement.verdict.request} approved one execution, "
+                                           "which has run; file a new request to run it again")
+                return self._refuse_extended(self.refuse(statement.sql, verdict))
+            statement.binds_left -= 1
         params = render_params(bind.params, bind.param_formats, statement.param_oids)
         portal = Portal(statement.sql, statement.verdict, statement, self.masked_params(params), bind.result_formats)
         previous = self.portals.get(bind.portal)
@@ -222,11 +230,15 @@ class PgSession(ResultRelay):
 
     def refuse(self, sql: str, verdict: StatementVerdict, *, sqlstate: str | None = None) -> bytes:
         """Audit a refused statement; return the ErrorResponse that tells the client why."""
-        held = verdict.effect == StatementEffect.REVIEW
-        text = f"{'held for review' if held else 'denied'} by {verdict.rule}: {verdict.reason}"
+        # Held only while a request waits; review without one (approvals unavailable) is a plain refusal.
+        held = verdict.effect == StatementEffect.REVIEW and verdict.request is not None
+        review = verdict.effect == StatementEffect.REVIEW
+        text = f"{'held for review' if review else 'denied'} by {verdict.rule}: {verdict.reason}"
         self.log.info("refused a statement (%s by %s)", verdict.effect, verdict.rule)
         self.audit(StatementEvent(sql, verdict, error=text))
-        return w.error_response(sqlstate or (SQLSTATE_REVIEW if held else SQLSTATE_DENIED), text)
+        if held:
+            return w.error_response(sqlstate or SQLSTATE_HELD, text, detail=f"{HELD_DETAIL}{verdict.request}")
+        return w.error_response(sqlstate or SQLSTATE_DENIED, text)
 
     def _refuse_extended(self, reply: bytes) -> bytes:
         """Refuse inside an extended-protocol batch: discard up to Sync, as the server would after an error.

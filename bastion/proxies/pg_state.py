@@ -50,6 +50,7 @@ class Statement:
     param_oids: tuple[int, ...] = ()  # as the client declared them in Parse (0 = let the server infer)
     described: bool = False          # a Describe(statement) was forwarded
     shape: Shape | None = None       # its result columns, once the target described them
+    binds_left: int | None = None    # approved through a request: how many more Binds it may have
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from shell.sql import SqlResult
 
 from . import pgwire as w
-from .base import Inspector, Upstream
+from .base import HELD_DETAIL, Inspector, Upstream
 from .postgres import serve_client
 
 PROTOCOL_3 = 196608
@@ -103,9 +103,11 @@ class PgClient:
                     columns, rows, notices, started = (), [], [], time.monotonic()
                 elif typ == w.ERROR:
                     fields = dict(w.parse_fields(body))
+                    detail = fields.get("D", "")
+                    request = detail.removeprefix(HELD_DETAIL) if detail.startswith(HELD_DETAIL) else None
                     results.append(SqlResult(columns, rows, "", error=fields.get("M", "error"),
                                              sqlstate=fields.get("C"), notices=tuple(notices),
-                                             duration=time.monotonic() - started))
+                                             duration=time.monotonic() - started, request=request))
                     columns, rows, notices = (), [], []
                 elif typ == w.NOTICE:
                     notices.append(dict(w.parse_fields(body)).get("M", ""))

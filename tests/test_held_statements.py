@@ -1,0 +1,130 @@
+"""Held statements at the policy side of the SQL path: file once, run once on approval, report a denial.
+
+The inspector is the one the proxy uses, over a real audit store and approvals
+service; the wire side (BH001 with the request id) is covered end to end in
+tests/e2e/test_approvals.py.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bastion.approvals import Approvals
+from bastion.audit import AuditStore
+from bastion.config import load_config
+from bastion.sqlaccess import PolicyInspector
+from policies.approvals import State
+from policies.model import Identity, StatementEffect
+
+CONFIG = """\
+listen: {ssh: "127.0.0.1:2222", http: "127.0.0.1:8080"}
+state_dir: state
+identity:
+  oidc: {issuer: "https://idp.example.com", client_id: bastion}
+targets:
+  pg-prod: {kind: postgres, address: "db1:5432"}
+policies:
+  - name: dev-prod
+    subjects: {groups: [dev]}
+    targets: {names: [pg-prod]}
+    access: allow
+    approval: {approvers: {groups: [dba]}, request_ttl: 10m}
+    guardrails:
+      - {effect: review, statements: [update, delete]}
+"""
+UPDATE = "UPDATE accounts SET frozen = true WHERE id = 7"
+ALICE = Identity("alice", frozenset({"dev"}))
+BOB = Identity("bob", frozenset({"dba"}))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[PolicyInspector, Approvals, AuditStore, Clock]:
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    config = load_config(path)
+    store = AuditStore(tmp_path / "audit.db")
+    clock = Clock()
+    approvals = Approvals(store, clock=clock)
+    inspector = PolicyInspector(config=config, store=store, identity=ALICE, target="pg-prod",
+                                policy=config.policies[0], session="s1", source="127.0.0.1",
+                                approvals=approvals, clock=clock)
+    return inspector, approvals, store, clock
+
+
+def test_a_held_statement_files_one_request_and_runs_once_after_approval(world) -> None:  # type: ignore[no-untyped-def]
+    inspector, approvals, store, clock = world
+    held = inspector.check(UPDATE)
+    assert held.effect is StatementEffect.REVIEW and held.request is not None
+    assert inspector.check(UPDATE).request == held.request  # the retry points at the same request
+    request = approvals.get(held.request)
+    assert request.statement == UPDATE.encode() and request.state is State.PENDING
+
+    approvals.approve(held.request, BOB, clock.now)
+    run = inspector.check(UPDATE)
+    assert run.allowed and run.request == held.request and "bob" in run.reason
+    again = inspector.check(UPDATE)  # used: the next one is a new request
+    assert again.effect is StatementEffect.REVIEW and again.request not in (None, held.request)
+    kinds = [e.kind for e in store.events()]
+    assert kinds.count("request.filed") == 2 and kinds.count("statement.consumed") == 1
+
+
+def test_an_approval_covers_only_the_byte_identical_statement(world) -> None:  # type: ignore[no-untyped-def]
+    inspector, approvals, _, clock = world
+    held = inspector.check(UPDATE)
+    approvals.approve(held.request, BOB, clock.now)
+    for other in (UPDATE + " ", UPDATE.replace("7", "8"), UPDATE.lower()):
+        verdict = inspector.check(other)
+        assert verdict.effect is StatementEffect.REVIEW and verdict.request != held.request
+    assert inspector.check(UPDATE).allowed
+
+
+def test_a_denial_is_reported_once_with_the_reason(world) -> None:  # type: ignore[no-untyped-def]
+    inspector, approvals, _, clock = world
+    held = inspector.check(UPDATE)
+    approvals.deny(held.request, BOB, "not during business hours", clock.now)
+    told = inspector.check(UPDATE)
+    assert told.effect is StatementEffect.DENY
+    assert f"request {held.request} was denied by bob: not during business hours" in told.reason
+    assert inspector.check(UPDATE).request not in (None, held.request)
+
+
+def test_an_expired_request_is_reported_and_cannot_be_approved(world) -> None:  # type: ignore[no-untyped-def]
+    inspector, approvals, _, clock = world
+    held = inspector.check(UPDATE)
+    clock.now += 11 * 60
+    approvals.expire_due(clock.now)
+    assert "was expired" in inspector.check(UPDATE).reason
+    with pytest.raises(Exception, match="expired"):
+        approvals.approve(held.request, BOB, clock.now)
+
+
+def test_parameters_cannot_ride_on_an_approval(world) -> None:  # type: ignore[no-untyped-def]
+    inspector, approvals, _, _ = world
+    verdict = inspector.check("UPDATE accounts SET frozen = true WHERE id = $1", extended=True)
+    assert verdict.effect is StatementEffect.REVIEW and verdict.request is None
+    assert "cannot take bound parameters" in verdict.reason
+    assert approvals.list_for(BOB, 1_800_000_000.0).to_decide == []
+    # The same text without parameters, sent through Parse, is held like any other.
+    assert inspector.check(UPDATE, extended=True).request is not None
+
+
+def test_without_approvals_review_is_refused_without_a_request(tmp_path: Path) -> None:
+    path = tmp_path / "bastion.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    config = load_config(path)
+    inspector = PolicyInspector(config=config, store=AuditStore(tmp_path / "audit.db"), identity=ALICE,
+                                target="pg-prod", policy=config.policies[0], session="s1", source="127.0.0.1")
+    verdict = inspector.check(UPDATE)
+    assert verdict.effect is StatementEffect.REVIEW and verdict.request is None
+    assert "approvals are not available" in verdict.reason
