@@ -5,8 +5,8 @@ the audit database and writes one audit event per transition. The daemon and
 the admin CLI both write here, so every read-decide-write runs inside ``BEGIN
 IMMEDIATE``: two approvals, or two uses of one held statement, cannot race.
 
-The event is appended right after the transition commits (the audit chain takes
-its own write lock). A waiter learns of a decision made in this process at
+Each transition's audit event is appended inside the transition's own
+transaction, so the two commit together or not at all. A waiter learns of a decision made in this process at
 once, and of one made by another process (the admin CLI) within ``poll`` seconds.
 """
 
@@ -193,13 +193,13 @@ class Approvals:
             raise ApprovalRefused(e) from e
         with immediate(self._conn):
             insert(self._conn, "requests", request_row(request, rule))
-        self.store.append(
-            "request.filed", user=requester, target=target, session=session, rule=policy, outcome="pending",
-            ts=now, request=request.id, request_kind=kind.value, reason=request.reason, duration=request.duration,
-            expires=request.expires, statement_sha256=sha256(statement),
-            approvers={"users": list(rule.approvers.users), "groups": list(rule.approvers.groups)},
-            min_approvals=rule.min_approvals,
-        )
+            self.store.append(
+                "request.filed", user=requester, target=target, session=session, rule=policy, outcome="pending",
+                ts=now, request=request.id, request_kind=kind.value, reason=request.reason,
+                duration=request.duration, expires=request.expires, statement_sha256=sha256(statement),
+                approvers={"users": list(rule.approvers.users), "groups": list(rule.approvers.groups)},
+                min_approvals=rule.min_approvals,
+            )
         self._tell(Change("request.filed", request))
         return request
 
@@ -220,10 +220,10 @@ class Approvals:
         with immediate(self._conn):
             insert(self._conn, "requests", request_row(request, rule))
             insert(self._conn, "grants", grant_row(grant))
-        self.store.append("breakglass.used", user=requester, target=target, session=session, rule=policy,
-                          outcome="allow", ts=now, request=request.id, grant=grant.id, reason=request.reason,
-                          ends=grant.ends, flag="BREAK-GLASS: self-granted emergency access, review it")
-        self._grant_created(grant, request, session)
+            self.store.append("breakglass.used", user=requester, target=target, session=session, rule=policy,
+                              outcome="allow", ts=now, request=request.id, grant=grant.id, reason=request.reason,
+                              ends=grant.ends, flag="BREAK-GLASS: self-granted emergency access, review it")
+            self._grant_created(grant, request, session)
         self._tell(Change("breakglass.used", request, grant))
         return request, grant
 
@@ -242,14 +242,14 @@ class Approvals:
             if request.state is State.APPROVED and request.kind is not RequestKind.STATEMENT:
                 grant = decide.grant_for(request, id=new_id("g"), now=now)
                 insert(self._conn, "grants", grant_row(grant))
-        self.store.append(
-            "request.approved", user=approver.user, target=request.target, rule=request.policy,
-            outcome="approved" if request.state is State.APPROVED else "partial", ts=now, request=request.id,
-            requester=request.requester, approvals=len(request.approvers), needed=rule.min_approvals,
-            comment=vote.comment or None,
-        )
-        if grant is not None:
-            self._grant_created(grant, request, None)
+            self.store.append(
+                "request.approved", user=approver.user, target=request.target, rule=request.policy,
+                outcome="approved" if request.state is State.APPROVED else "partial", ts=now, request=request.id,
+                requester=request.requester, approvals=len(request.approvers), needed=rule.min_approvals,
+                comment=vote.comment or None,
+            )
+            if grant is not None:
+                self._grant_created(grant, request, None)
         self._tell(Change("request.approved", request, grant))
         return request
 
@@ -258,9 +258,9 @@ class Approvals:
         with self._deciding(request_id, approver.user, now) as (request, rule):
             request = decide.deny(rule, request, approver, now, reason)
             self._update(request)
-        self.store.append("request.denied", user=approver.user, target=request.target, rule=request.policy,
-                          outcome="deny", ts=now, request=request.id, requester=request.requester,
-                          reason=request.decision_reason)
+            self.store.append("request.denied", user=approver.user, target=request.target, rule=request.policy,
+                              outcome="deny", ts=now, request=request.id, requester=request.requester,
+                              reason=request.decision_reason)
         self._tell(Change("request.denied", request))
         return request
 
@@ -269,8 +269,8 @@ class Approvals:
         with self._deciding(request_id, by, now) as (request, _):
             request = decide.cancel(request, by, now, reason)
             self._update(request)
-        self.store.append("request.cancelled", user=by, target=request.target, rule=request.policy,
-                          outcome="cancelled", ts=now, request=request.id, reason=request.decision_reason)
+            self.store.append("request.cancelled", user=by, target=request.target, rule=request.policy,
+                              outcome="cancelled", ts=now, request=request.id, reason=request.decision_reason)
         self._tell(Change("request.cancelled", request))
         return request
 
@@ -287,13 +287,14 @@ class Approvals:
             if decide.is_expired(request, now):
                 expired = decide.expire(request, now)
                 self._update(expired)
+                self._log_expired(expired, now)
             else:
                 try:
                     yield request, rule
                 except ApprovalError as e:  # nothing was written before the decision refused
                     refused = e
         if expired is not None:
-            self._expired_request(expired, now)
+            self._tell(Change("request.expired", expired))
             refused = decide.RequestExpired(f"request {request_id} expired while pending and can no longer be "
                                             "decided")
         if refused is not None:
@@ -319,9 +320,9 @@ class Approvals:
                 raise ApprovalRefused(e) from e
             self._conn.execute("UPDATE grants SET revoked_at = ?, revoked_by = ?, revoke_reason = ?, end_logged = 1 "
                                "WHERE id = ?", (grant.revoked_at, grant.revoked_by, grant.revoke_reason, grant.id))
-        self.store.append("grant.revoked", user=by, target=grant.target, rule=grant.policy, outcome="revoke",
-                          ts=now, grant=grant.id, request=grant.request_id, holder=grant.user,
-                          reason=grant.revoke_reason)
+            self.store.append("grant.revoked", user=by, target=grant.target, rule=grant.policy, outcome="revoke",
+                              ts=now, grant=grant.id, request=grant.request_id, holder=grant.user,
+                              reason=grant.revoke_reason)
         self._tell(Change("grant.revoked", self.get(grant.request_id), grant))
         return grant
 
@@ -346,11 +347,11 @@ class Approvals:
                 if decide.statement_problem(request, user, target, statement, now) is None:
                     used = decide.consume(request, user, target, statement, now)
                     self._update(used)
+                    self.store.append("statement.consumed", user=user, target=target, rule=used.policy,
+                                      outcome="allow", ts=now, request=used.id, statement_sha256=sha256(statement),
+                                      approved_by=sorted(used.approvers))
                     break
         if used is not None:
-            self.store.append("statement.consumed", user=user, target=target, rule=used.policy, outcome="allow",
-                              ts=now, request=used.id, statement_sha256=sha256(statement),
-                              approved_by=sorted(used.approvers))
             self._tell(Change("statement.consumed", used))
         return used
 
@@ -365,18 +366,21 @@ class Approvals:
                 self._update(request)
             grants = self._rows.grants("end_logged = 0 AND revoked_at IS NULL AND ends <= ?", (now,))
             self._conn.executemany("UPDATE grants SET end_logged = 1 WHERE id = ?", [(g.id,) for g in grants])
+            for request in requests:
+                self._log_expired(request, now)
+            for grant in grants:
+                self.store.append("grant.expired", user=grant.user, target=grant.target, rule=grant.policy,
+                                  outcome="expired", ts=now, grant=grant.id, request=grant.request_id,
+                                  ended=grant.ends)
         for request in requests:
-            self._expired_request(request, now)
+            self._tell(Change("request.expired", request))
         for grant in grants:
-            self.store.append("grant.expired", user=grant.user, target=grant.target, rule=grant.policy,
-                              outcome="expired", ts=now, grant=grant.id, request=grant.request_id, ended=grant.ends)
             self._tell(Change("grant.expired", self.get(grant.request_id), grant))
         return Expired(requests, grants)
 
-    def _expired_request(self, request: Request, now: float) -> None:
+    def _log_expired(self, request: Request, now: float) -> None:
         self.store.append("request.expired", user=request.requester, target=request.target, rule=request.policy,
                           outcome="expired", ts=now, request=request.id, reason=request.decision_reason)
-        self._tell(Change("request.expired", request))
 
     def review_break_glass(self, request_id: str, reviewer: Identity, now: float, comment: str = "") -> Request:
         """An approver of the rule marks a break-glass use as reviewed (never the one who used it)."""
@@ -387,11 +391,11 @@ class Approvals:
             if problem is None:
                 self._conn.execute("UPDATE requests SET reviewed_at = ?, reviewed_by = ? WHERE id = ?",
                                    (now, reviewer.user, request_id))
+                self.store.append("breakglass.reviewed", user=reviewer.user, target=request.target,
+                                  rule=request.policy, outcome="reviewed", ts=now, request=request_id,
+                                  requester=request.requester, comment=comment.strip() or None)
         if problem is not None:
             raise ApprovalRefused(ApprovalError(problem))
-        self.store.append("breakglass.reviewed", user=reviewer.user, target=request.target, rule=request.policy,
-                          outcome="reviewed", ts=now, request=request_id, requester=request.requester,
-                          comment=comment.strip() or None)
         return request
 
     # -- waiting ----------------------------------------------------------------------------------

@@ -83,7 +83,11 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 @contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction that takes the lock up front, so two processes' read-then-write cannot interleave."""
+    """One write transaction that takes the lock up front, so two processes' read-then-write cannot interleave.
+
+    The audit events of the step are appended inside it (the store joins an open
+    transaction), so a transition and its event commit together.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield

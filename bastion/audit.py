@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ GENESIS = "0" * 64
 SCHEMA_VERSION = 1
 FLUSH_DELAY = 0.05      # seconds a deferred event may wait for its batch
 BATCH_MAX = 512         # a batch this large is written at once
+_GLOB = re.compile(r"[*?\[]")  # a --kind with one of these is a pattern (SQLite GLOB), not an exact kind
 
 
 @dataclass(frozen=True)
@@ -204,8 +206,8 @@ class AuditStore:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self._queue:
-            return
+        if not self._queue or self._conn.in_transaction:
+            return  # inside a caller's transaction, a rollback would take queued events with it: later
         queued = self._queue
         try:
             rows = [_row(q["kind"], q["user"], q["source"], q["target"], q["session"], q["rule"], q["outcome"],
@@ -239,7 +241,7 @@ class AuditStore:
         self, *, user: str | None = None, since: float | None = None, kinds: tuple[str, ...] = (),
         session: str | None = None, limit: int | None = None,
     ) -> list[Event]:
-        """Events matching every filter given, oldest first."""
+        """Events matching every filter given, oldest first; a kind may be a glob such as ``request.*``."""
         self.flush()
         where: list[str] = []
         args: list[Any] = []
@@ -250,8 +252,13 @@ class AuditStore:
             where.append("ts >= ?")
             args.append(since)
         if kinds:
-            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
-            args.extend(kinds)
+            # A kind with a glob character (``request.*``) is a pattern; the others match exactly.
+            exact = [k for k in kinds if not _GLOB.search(k)]
+            patterns = [k for k in kinds if _GLOB.search(k)]
+            either = [f"kind IN ({', '.join('?' * len(exact))})"] if exact else []
+            either += ["kind GLOB ?"] * len(patterns)
+            where.append(f"({' OR '.join(either)})")
+            args.extend([*exact, *patterns])
         if session is not None:
             where.append("session = ?")
             args.append(session)
@@ -286,6 +293,11 @@ class AuditStore:
     def issuance_by_cert(self, cert_sha256: str) -> Issuance | None:
         """The issuance record of a certificate blob, or None if this bastion never issued it."""
         rows = list(self.db.query("SELECT * FROM issuances WHERE cert_sha256 = ?", [cert_sha256]))
+        return _to_issuance(rows[0]) if rows else None
+
+    def issuance(self, serial: int) -> Issuance | None:
+        """The issuance record of a certificate serial, or None if this bastion never issued it."""
+        rows = list(self.db.query("SELECT * FROM issuances WHERE serial = ?", [serial]))
         return _to_issuance(rows[0]) if rows else None
 
     def knows_key(self, fingerprint: str) -> bool:
@@ -346,16 +358,24 @@ class AuditStore:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error; inside a transaction already open, part of it.
+
+    Joining lets a state change (a request approved, say) and its audit event
+    commit together, or not at all.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self._owner = False
 
     def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self._owner = not self._conn.in_transaction
+        if self._owner:
+            self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if self._owner:
+            self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def _row(kind: str, user: str | None, source: str | None, target: str | None, session: str | None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -378,3 +379,17 @@ def test_wait_times_out_pending_and_notices_expiry(approvals: Approvals) -> None
     assert timed_out.state is State.PENDING and 0.15 < waited < 1.0
     assert expired.state is State.EXPIRED
     assert approvals._waiters == {}  # nothing left behind
+
+
+def test_a_transition_whose_audit_event_cannot_be_written_does_not_happen(approvals: Approvals,
+                                                                          store: AuditStore) -> None:
+    request = file(approvals)
+    # A real failure inside SQLite: the events table refuses this one kind of event.
+    store.db.conn.execute("CREATE TRIGGER no_denials BEFORE INSERT ON events WHEN NEW.kind = 'request.denied' "
+                          "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END")
+    with pytest.raises(sqlite3.IntegrityError, match="audit disk full"):
+        approvals.deny(request.id, LEAD, "no", T0 + 1)
+    assert approvals.get(request.id).state is ap.State.PENDING  # the denial rolled back with its event
+    store.db.conn.execute("DROP TRIGGER no_denials")
+    assert approvals.deny(request.id, LEAD, "no", T0 + 2).state is ap.State.DENIED
+    assert kinds(store).count("request.denied") == 1 and store.verify_chain().ok
