@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["verify"], help="verify: check the chain, exit 1 on a break")
     p.add_argument("--user", help="only this user's events")
     p.add_argument("--since", metavar="T", help="a duration ago (2h, 7d) or a date (2026-11-29)")
-    p.add_argument("--kind", metavar="K1,K2", help="only these event kinds")
+    p.add_argument("--kind", metavar="K1,K2", help="only these event kinds; a glob like 'request.*' matches a family")
     p.add_argument("--limit", type=int, metavar="N", help="only the last N events")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain import add_arguments as explain_arguments
 
     explain_arguments(p)
+
+    from .cli_access import register as access_commands
+
+    access_commands(add, _with_config)
 
     p = add("demo", cmd_demo, "Run a demo: local CA, a dev-only identity provider and sample targets.")
     p.add_argument("--dir", default=".bastion-demo", help="demo directory (default ./.bastion-demo)")

@@ -14,13 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bastion.config_policies import TARGET_KINDS, load_policies
 from bastion.config_schema import (
     Node,
     format_duration,
     parse_address,
+    parse_link,
     parse_url,
+    parse_webhook_url,
     read_secret_file,
     read_yaml,
 )
@@ -151,6 +154,62 @@ class MaskingConfig:
 
 
 @dataclass(frozen=True)
+class WebhookURL:
+    """One webhook receiver: a URL written in the file, or a secret reference that holds one.
+
+    Slack's webhook URLs carry their token in the path, so a secret reference is
+    the better choice; a written URL is never shown whole either.
+    """
+
+    url: str | None = None
+    secret: SecretRef | None = None
+    # Where the entry is written, to place an error about a secret's value (not part of equality).
+    file: str = field(default="bastion.yaml", compare=False)
+    line: int | None = field(default=None, compare=False)
+    key: str = field(default="approvals.webhooks", compare=False)
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> str:
+        """The URL to POST to; a secret's value is read now and must be an http(s) URL."""
+        if self.url is not None:
+            return self.url
+        if self.secret is None:
+            raise ConfigError(self.file, self.line, self.key, "expected a URL or a secret reference")
+        value = self.secret.resolve(environ).strip()
+        try:
+            return parse_webhook_url(value)
+        except ValueError as e:  # the message never quotes the value
+            raise ConfigError(self.file, self.line, self.key, f"the value of {self.secret.describe()}: {e}") from None
+
+    def describe(self) -> str:
+        """Safe to show: the secret reference, or the written URL's scheme and host only."""
+        if self.secret is not None:
+            return self.secret.describe()
+        parts = urlsplit(self.url or "")
+        return f"{parts.scheme}://{parts.hostname or '?'}/…"
+
+    def __repr__(self) -> str:  # a webhook URL is a credential; show only where it comes from
+        return f"WebhookURL({self.describe()})"
+
+
+@dataclass(frozen=True)
+class ApprovalsConfig:
+    """Notifications about approval requests: Slack-compatible webhooks (the daemon builds WebhookSettings)."""
+
+    webhooks: tuple[WebhookURL, ...] = ()
+    link: str | None = None            # "https://bastion.example.com/approvals/{id}"; {id} is the request id
+    retries: int = 5                   # attempts after the first
+    backoff: float = 1.0               # seconds before the first retry; doubles each time
+    max_backoff: float = 60.0
+    timeout: float = 10.0              # seconds for one attempt
+    queue_size: int = 1000
+    include_statement: bool = True     # show a held statement's text (truncated) to the approvers
+
+    def webhook_urls(self, environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """Every receiver's URL, secrets read now; raises ConfigError naming the reference, never the value."""
+        return tuple(w.resolve(environ) for w in self.webhooks)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     listen: Listen
@@ -163,6 +222,7 @@ class Config:
     targets: dict[str, TargetConfig] = field(default_factory=dict)
     policies: tuple[Policy, ...] = ()
     masking: MaskingConfig = MaskingConfig()
+    approvals: ApprovalsConfig = ApprovalsConfig()
 
     @property
     def http_url(self) -> str:
@@ -206,13 +266,14 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         policies=load_policies(top["policies"], detectors=masking.detectors,
                                has_hash_key=masking.hash_key is not None) if "policies" in top else (),
         masking=masking,
+        approvals=_approvals(top["approvals"], base) if "approvals" in top else ApprovalsConfig(),
     )
 
 
 # The loader. Each function below turns one section's node into its typed value.
 
 _TOP_KEYS = ("listen", "state_dir", "public_url", "host_names", "identity", "limits", "recording", "targets",
-             "policies", "masking")
+             "policies", "masking", "approvals")
 _SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 _MAX_CERT_TTL = 7 * 86400.0
 _TARGET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -390,3 +451,44 @@ def _regex(name: str, node: Node) -> str:
     if re.fullmatch(pattern, ""):
         raise node.error("the regular expression must not match the empty string")
     return pattern
+
+
+_APPROVALS_PARSERS: dict[str, Callable[[Node], Any]] = {
+    "link": lambda n: n.parse(parse_link),
+    "retries": lambda n: n.integer(minimum=0),
+    "backoff": Node.duration,
+    "max_backoff": Node.duration,
+    "timeout": Node.duration,
+    "queue_size": Node.integer,
+    "include_statement": Node.flag,
+}
+
+
+def _approvals(node: Node, base: Path) -> ApprovalsConfig:
+    f = node.fields(("webhooks", *_APPROVALS_PARSERS))
+    values = {key: _APPROVALS_PARSERS[key](value) for key, value in f.items() if key != "webhooks"}
+    if values.get("backoff", ApprovalsConfig.backoff) > values.get("max_backoff", ApprovalsConfig.max_backoff):
+        culprit = f.get("backoff") or f["max_backoff"]
+        raise culprit.error("backoff must not exceed max_backoff")
+    webhooks: list[WebhookURL] = []
+    seen: dict[str, str] = {}
+    for item in f["webhooks"].items() if "webhooks" in f else []:
+        webhook = _webhook(item, base)
+        same = webhook.url or repr(webhook.secret)
+        if same in seen:
+            raise item.error(f"the same receiver is listed twice (first as {seen[same]})")
+        seen[same] = item.key
+        webhooks.append(webhook)
+    return ApprovalsConfig(webhooks=tuple(webhooks), **values)
+
+
+def _webhook(node: Node, base: Path) -> WebhookURL:
+    """A URL, ``{url: URL or secret}``, or a secret reference (``{env: NAME}``, ``{file: PATH}``)."""
+    if node.is_mapping:
+        f = node.fields(("url", "env", "file"))
+        if "url" in f and len(f) > 1:
+            raise node.error("expected either url or a secret reference ({env: NAME} or {file: PATH}), not both")
+        node = f.get("url", node)
+    if node.is_mapping:
+        return WebhookURL(secret=_secret(node, base), file=node.file, line=node.line, key=node.key)
+    return WebhookURL(url=node.parse(parse_webhook_url), file=node.file, line=node.line, key=node.key)

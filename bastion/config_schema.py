@@ -108,6 +108,34 @@ def parse_url(text: str, *, https_only: bool = False) -> str:
     return text
 
 
+def parse_webhook_url(text: str) -> str:
+    """Check an http(s) URL to POST to; a query is allowed (some receivers carry their token there).
+
+    The messages never quote the URL: a webhook URL often carries its token.
+    """
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        _ = parts.port  # urlsplit validates the port only when it is read
+    except ValueError as e:
+        raise ValueError("expected an http(s) URL with a valid host and port") from e
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError('expected an http(s) URL such as "https://hooks.example.com/..."')
+    if parts.username is not None or parts.fragment:
+        raise ValueError("expected a URL without credentials or fragment")
+    return text
+
+
+def parse_link(text: str) -> str:
+    """Check a link template with an optional ``{id}`` placeholder, e.g. ``https://bastion/approvals/{id}``."""
+    try:
+        example = text.format(id="r-0123456789")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError("expected {id} as the only placeholder (write {{ and }} for literal braces)") from e
+    parse_webhook_url(example)
+    return text
+
+
 def read_yaml(file: str) -> Node:
     """Compose a YAML file into its root :class:`Node`; every failure is a ConfigError."""
     try:

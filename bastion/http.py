@@ -1,4 +1,4 @@
-"""The bastion's HTTP listener: certificate exchange, login discovery, health and metrics.
+"""The bastion's HTTP listener: certificate exchange, login discovery, approvals API, health and metrics.
 
 Errors are JSON ``{"error": reason}`` with a reason a person can act on. A
 request's ID token is never echoed, logged or stored.
@@ -30,7 +30,8 @@ VERIFIER = web.AppKey("verifier", OidcVerifier)
 CA = web.AppKey("ca", CertificateAuthority)
 
 
-def _error(status: int, reason: str) -> web.Response:
+def error_response(status: int, reason: str) -> web.Response:
+    """The API's error answer: JSON ``{"error": reason}``."""
     return web.json_response({"error": reason}, status=status)
 
 
@@ -58,9 +59,9 @@ async def issue_certificate(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "the request body must be JSON")
+        return error_response(400, "the request body must be JSON")
     if not isinstance(body, dict):
-        return _error(400, "the request body must be a JSON object")
+        return error_response(400, "the request body must be a JSON object")
     try:
         public_key = parse_user_key(_body_field(body, "public_key"))
         id_token = _body_field(body, "id_token")
@@ -73,10 +74,10 @@ async def issue_certificate(request: web.Request) -> web.Response:
         verified = await request.app[VERIFIER].verify(id_token, nonce=nonce)
     except TokenError as e:
         runtime.store.append("certificate.refused", source=client, outcome="deny", reason=str(e))
-        return _error(401, str(e))
+        return error_response(401, str(e))
     except CertificateError as e:
         runtime.store.append("certificate.refused", source=client, outcome="deny", reason=str(e))
-        return _error(400, str(e))
+        return error_response(400, str(e))
 
     identity = Identity(verified.username, frozenset(verified.groups))
     now = runtime.clock()
@@ -137,11 +138,11 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except web.HTTPException:
         raise
     except BastionError as e:
-        return _error(500, str(e))
+        return error_response(500, str(e))
     except Exception:
         # One bad request gets a 500; the listener and every other request carry on.
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error(500, "internal error; the bastion's log has the details")
+        return error_response(500, "internal error; the bastion's log has the details")
 
 
 def make_app(runtime: Runtime, verifier: OidcVerifier) -> web.Application:
@@ -152,6 +153,9 @@ def make_app(runtime: Runtime, verifier: OidcVerifier) -> web.Application:
     app[CA] = CertificateAuthority(runtime.keys.user_ca, runtime.config.identity.certificates)
     app.router.add_get("/v1/oidc", oidc_info)
     app.router.add_post("/v1/certificates", issue_certificate)
+    from .http_approvals import add_routes as approvals_routes  # it imports this module's app keys
+
+    approvals_routes(app)
     app.router.add_get("/healthz", health)
     app.router.add_get("/metrics", metrics)
     return app

@@ -240,7 +240,7 @@ POLICY = BASE + ("policies:\n  - name: p\n    subjects: {groups: [dev]}\n    tar
 # (id, text, line, key, a fragment of what was expected). key "" is a file-level error.
 MALFORMED = [
     ("unknown top-level key", BASE + "colour: blue\n", 5, "colour",
-     "unknown key; expected one of: host_names, identity"),
+     "unknown key; expected one of: approvals, host_names, identity"),
     ("unknown nested key", BASE + "limits:\n  auth_attempts: 3\n  max_sessions: 4\n", 7, "limits.max_sessions",
      "expected one of: auth_attempts, connections_per_source"),
     ("missing required key", 'listen: {ssh: "127.0.0.1:1", http: "127.0.0.1:2"}\nstate_dir: /s\n', 1, "identity",
@@ -301,7 +301,7 @@ MALFORMED = [
      "required when access is approval"),
     ("approval block with access allow", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: allow\n    approval:\n      approvers: {groups: [sre]}\n", 10,
-     "policies[0].approval", "allowed only when access is approval (access is allow)"),
+     "policies[0].approval", "allowed only when access is approval or a guardrail has effect review"),
     ("min_approvals unreachable", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: approval\n    approval:\n      approvers: {users: [bob]}\n"
      "      min_approvals: 2\n", 12, "policies[0].approval.min_approvals", "cannot be met"),
@@ -552,3 +552,105 @@ def test_documented_example_loads(tmp_path: Path) -> None:
     assert [g.effect for g in dba.guardrails] == [StatementEffect.DENY, StatementEffect.DENY, StatementEffect.REVIEW]
     assert dba.masking[1].detect == ("credit_card", "employee_id")
     assert config.masking.hash_key == SecretRef(env="BASTION_MASKING_KEY")
+
+
+# --- approvals: webhooks and the approve link ----------------------------------------------------
+
+def test_approvals_section_defaults_to_no_webhooks(tmp_path: Path) -> None:
+    from bastion.config import ApprovalsConfig
+
+    config = load_config(write(tmp_path, BASE))
+    assert config.approvals == ApprovalsConfig()
+    assert config.approvals.webhook_urls() == () and config.approvals.link is None
+
+
+def test_approvals_section_loads_urls_and_secret_refs(tmp_path: Path) -> None:
+    from bastion.config import WebhookURL
+
+    secret = tmp_path / "teams-url"
+    secret.write_text("https://hooks.example.com/teams/abc?token=t0k\n")
+    secret.chmod(0o600)
+    text = BASE + textwrap.dedent("""\
+        approvals:
+          webhooks:
+            - "http://127.0.0.1:9000/hook"
+            - {url: "https://chat.example.com/hook?key=k"}
+            - {url: {env: SLACK_APPROVALS_WEBHOOK}}
+            - {file: teams-url}
+          link: "https://bastion.example.com/approvals/{id}"
+          retries: 0
+          backoff: 2s
+          max_backoff: 30s
+          timeout: 5s
+          queue_size: 10
+          include_statement: false
+        """)
+    approvals = load_config(write(tmp_path, text)).approvals
+    assert approvals.webhooks == (
+        WebhookURL(url="http://127.0.0.1:9000/hook"), WebhookURL(url="https://chat.example.com/hook?key=k"),
+        WebhookURL(secret=SecretRef(env="SLACK_APPROVALS_WEBHOOK")), WebhookURL(secret=SecretRef(file=secret)))
+    assert (approvals.link, approvals.retries, approvals.backoff, approvals.max_backoff, approvals.timeout,
+            approvals.queue_size, approvals.include_statement) == (
+        "https://bastion.example.com/approvals/{id}", 0, 2.0, 30.0, 5.0, 10, False)
+    urls = approvals.webhook_urls({"SLACK_APPROVALS_WEBHOOK": "https://hooks.slack.com/services/T0/B0/xyz"})
+    assert urls == ("http://127.0.0.1:9000/hook", "https://chat.example.com/hook?key=k",
+                    "https://hooks.slack.com/services/T0/B0/xyz", "https://hooks.example.com/teams/abc?token=t0k")
+    shown = repr(approvals)
+    assert "xyz" not in shown and "key=k" not in shown and "/hook" not in shown
+    assert "{env: SLACK_APPROVALS_WEBHOOK}" in shown
+
+
+def test_webhook_secret_that_is_not_a_url_names_the_entry_not_the_value(tmp_path: Path) -> None:
+    text = BASE + "approvals:\n  webhooks:\n    - {env: HOOK}\n"
+    path = write(tmp_path, text)
+    approvals = load_config(path).approvals
+    with pytest.raises(ConfigError) as caught:
+        approvals.webhook_urls({"HOOK": "ftp://files.example.com/s3cr3t"})
+    message = str(caught.value)
+    assert message.startswith(f"{path}:7: approvals.webhooks[0]: the value of {{env: HOOK}}: expected an http(s)")
+    assert "s3cr3t" not in message
+    with pytest.raises(ConfigError, match="HOOK.*unset or empty"):
+        approvals.webhook_urls({})
+
+
+MALFORMED_APPROVALS = [
+    ("unknown key", "approvals:\n  webhook: []\n", 6, "approvals.webhook", "unknown key; expected one of: backoff"),
+    ("ftp URL", "approvals:\n  webhooks: ['ftp://hooks.example.com/x']\n", 6, "approvals.webhooks[0]",
+     "expected an http(s) URL"),
+    ("URL without host", "approvals:\n  webhooks:\n    - 'https:///path'\n", 7, "approvals.webhooks[0]",
+     "expected an http(s) URL"),
+    ("URL with fragment", "approvals:\n  webhooks: ['https://h.example.com/x#y']\n", 6, "approvals.webhooks[0]",
+     "without credentials or fragment"),
+    ("url and env together", "approvals:\n  webhooks:\n    - {url: 'https://h.example.com', env: X}\n", 7,
+     "approvals.webhooks[0]", "either url or a secret reference"),
+    ("unknown entry key", "approvals:\n  webhooks:\n    - {uri: 'https://h.example.com'}\n", 7,
+     "approvals.webhooks[0].uri", "unknown key; expected one of: env, file, url"),
+    ("bad env name in url", "approvals:\n  webhooks:\n    - url: {env: 'NO-DASH'}\n", 7,
+     "approvals.webhooks[0].url.env", "expected an environment variable name"),
+    ("listed twice", "approvals:\n  webhooks:\n    - {env: A}\n    - {url: {env: A}}\n", 8,
+     "approvals.webhooks[1]", "listed twice (first as approvals.webhooks[0])"),
+    ("webhooks not a list", "approvals:\n  webhooks: 'https://h.example.com'\n", 6, "approvals.webhooks",
+     "expected a list, got a string"),
+    ("link not http", "approvals:\n  link: 'mailto:ops@example.com'\n", 6, "approvals.link",
+     "expected an http(s) URL"),
+    ("link with other placeholder", "approvals:\n  link: 'https://b.example.com/{request}'\n", 6, "approvals.link",
+     "expected {id} as the only placeholder"),
+    ("negative retries", "approvals:\n  retries: -1\n", 6, "approvals.retries", "expected an integer >= 0"),
+    ("backoff over max", "approvals: {backoff: 2m, max_backoff: 1m}\n", 5, "approvals.backoff",
+     "backoff must not exceed max_backoff"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), [c[1:] for c in MALFORMED_APPROVALS],
+                         ids=[c[0] for c in MALFORMED_APPROVALS])
+def test_malformed_approvals_section_names_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, fragment: str
+) -> None:
+    test_malformed_config_names_file_line_and_key(tmp_path, BASE + text, line, key, fragment)
+
+
+def test_inline_webhook_url_error_does_not_echo_the_url(tmp_path: Path) -> None:
+    text = BASE + "approvals:\n  webhooks: ['gopher://hooks.example.com/T00/B00/s3cr3t']\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert "s3cr3t" not in str(caught.value)
