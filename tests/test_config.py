@@ -302,6 +302,12 @@ MALFORMED = [
     ("approval block with access allow", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: allow\n    approval:\n      approvers: {groups: [sre]}\n", 10,
      "policies[0].approval", "allowed only when access is approval or a guardrail has effect review"),
+    ("review guardrail without approvers", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
+     "    targets: {names: ['*']}\n    access: allow\n    guardrails:\n      - {effect: review, statements: [update]}\n",
+     6, "policies[0].approval", "required when a guardrail has effect review"),
+    ("approval block with access deny", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
+     "    targets: {names: ['*']}\n    access: deny\n    approval:\n      approvers: {groups: [sre]}\n", 10,
+     "policies[0].approval", "not allowed when access is deny"),
     ("min_approvals unreachable", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: approval\n    approval:\n      approvers: {users: [bob]}\n"
      "      min_approvals: 2\n", 12, "policies[0].approval.min_approvals", "cannot be met"),
@@ -654,3 +660,12 @@ def test_inline_webhook_url_error_does_not_echo_the_url(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, text))
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_an_allow_policy_with_review_guardrails_names_its_reviewers(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
+                                          "    targets: {names: ['*']}\n    access: allow\n"
+                                          "    approval: {approvers: {groups: [dba]}, min_approvals: 2}\n"
+                                          "    guardrails:\n      - {effect: review, statements: [update]}\n"))
+    rule = config.policies[0].approval
+    assert rule is not None and rule.approvers.groups == ("dba",) and rule.min_approvals == 2
