@@ -303,8 +303,9 @@ MALFORMED = [
      "    targets: {names: ['*']}\n    access: allow\n    approval:\n      approvers: {groups: [sre]}\n", 10,
      "policies[0].approval", "allowed only when access is approval or a guardrail has effect review"),
     ("review guardrail without approvers", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
-     "    targets: {names: ['*']}\n    access: allow\n    guardrails:\n      - {effect: review, statements: [update]}\n",
-     6, "policies[0].approval", "required when a guardrail has effect review"),
+     "    targets: {names: ['*']}\n    access: allow\n"
+     "    guardrails:\n      - {effect: review, statements: [update]}\n", 6,
+     "policies[0].approval", "required when a guardrail has effect review"),
     ("approval block with access deny", BASE + "policies:\n  - name: p\n    subjects: {groups: [dev]}\n"
      "    targets: {names: ['*']}\n    access: deny\n    approval:\n      approvers: {groups: [sre]}\n", 10,
      "policies[0].approval", "not allowed when access is deny"),
