@@ -12,6 +12,8 @@ from pathlib import Path
 import asyncssh
 from aiohttp import web
 
+from recorders.errors import RecorderError
+from recorders.remote import RecorderProcess
 from recorders.store import RecordingStore, load_signing_key
 
 from .audit import AuditStore
@@ -44,16 +46,23 @@ class Daemon:
         keys = load_keys(config.state_dir, config.host_names)
         store = AuditStore(config.state_dir / "audit.db")
         runtime = self.runtime = Runtime(config=config, keys=keys, store=store)
+        recorder = RecorderProcess(loop=asyncio.get_running_loop())
         runtime.recordings = RecordingStore(
             config.state_dir / "recordings", store.db,
             signing_key=load_signing_key(KeyPaths(config.state_dir).audit_key),
             # Sidecars render the whole session through pyte: in a daemon thread that starves the
             # event loop (GIL), so `recorder` builds them when first needed instead.
-            sidecars_at_close="lazy")
+            sidecars_at_close="lazy",
+            # Cast files are encoded and written by a child process: off this loop, and out of its GIL.
+            recorder=recorder)
         for session_id in await asyncio.to_thread(runtime.recordings.recover):
             store.append("recording.interrupted", session=session_id, outcome="interrupted",
                          reason="the bastion stopped while the session was open")
             log.warning("recording %s was interrupted by a crash; sealed as it stood", session_id)
+        try:
+            recorder.start()
+        except RecorderError as e:  # sessions will be refused, each with its reason, until it starts
+            log.error("%s", e)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_recordings())
         self._verifier = OidcVerifier(config.identity.oidc, config.identity.machine_issuers)
         try:
@@ -85,7 +94,7 @@ class Daemon:
                 try:
                     tap.tick()
                     tap.writer.flush()
-                except OSError as e:  # a full disk must not stop the other recordings
+                except (OSError, RecorderError) as e:  # its session is ended (on_failure); the others go on
                     log.error("cannot flush a recording: %s", e)
 
     async def stop(self) -> None:
@@ -99,6 +108,8 @@ class Daemon:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self.runtime is not None and self.runtime.recordings is not None:
+            await asyncio.to_thread(self.runtime.recordings.close)  # the worker writes what is left, then exits
         if self._http is not None:
             await self._http.cleanup()
             self._http = None

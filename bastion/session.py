@@ -8,6 +8,7 @@ recording tap attaches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -85,6 +86,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._counted = False
         self.recording: Recording | None = None
         self.tap: SessionTap | None = None
+        self.unrecordable: str | None = None  # why the recording failed: nothing more is shown or run
         self._stdin = bytearray()
         self._stdin_closed = asyncio.Event()
 
@@ -135,7 +137,11 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         if self.tap is not None:
-            self.tap.input(data)
+            try:
+                self.tap.input(data)
+            except (RecorderError, OSError) as e:
+                self._recording_failed(str(e))
+                return  # an unrecorded keystroke goes nowhere
         if self._input is not None:
             self._input.send_bytes(data)
         elif self.command is not None and len(self._stdin) <= MAX_STDIN:
@@ -143,7 +149,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self.tap is not None:
-            self.tap.resize(width, height)
+            with contextlib.suppress(RecorderError, OSError):  # a failure ends the session (on_failure)
+                self.tap.resize(width, height)
         if self._app_session is not None and self._app_session.app is not None:
             self._app_session.app._on_resize()
 
@@ -162,7 +169,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.runtime.store.append("session.ended", user=self.auth.identity.user,
                                       source=self.handler.peer, session=self.session_id)
         if self.tap is not None and self.recording is not None:
-            self.tap.marker("session ended")
+            with contextlib.suppress(RecorderError, OSError):  # sealed as interrupted, with the reason
+                self.tap.marker("session ended")
             self.runtime.taps.discard(self.tap)
             self.runtime.background(self._close_recording(self.tap, self.recording),
                                     f"closing recording {self.session_id}")
@@ -175,7 +183,11 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         if self.chan is None or self.chan.is_closing():
             return
         if self.tap is not None:
-            self.tap.output(data)
+            try:
+                self.tap.output(data)
+            except (RecorderError, OSError) as e:
+                self._recording_failed(str(e))
+                return  # fail closed: what cannot be recorded is not shown
         try:
             self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
         except (asyncssh.Error, OSError, BrokenPipeError):
@@ -184,7 +196,10 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
     def mark(self, label: str) -> None:
         """Put a marker in this session's recording."""
         if self.tap is not None:
-            self.tap.marker(label)
+            try:
+                self.tap.marker(label)
+            except (RecorderError, OSError) as e:
+                self._recording_failed(str(e))
 
     def end(self, message: str) -> None:
         """End this session from the bastion's side, telling the user why."""
@@ -214,9 +229,33 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.recording = self.runtime.recordings.open(self.session_id, user=user, target=None, header=header)
         self.tap = SessionTap(self.recording.writer, redact_echo_off=settings.redact_echo_off,
                               onlcr=term is None)
+        loop = asyncio.get_running_loop()
+
+        def failed(reason: str) -> None:  # told from the recorder's reader thread: hop onto the loop
+            loop.call_soon_threadsafe(self._recording_failed, reason)
+
+        self.recording.writer.on_failure = failed
         self.runtime.taps.add(self.tap)
         self.tap.marker(f"session started: {user} ({', '.join(sorted(self.auth.identity.groups)) or '-'}) "
                         f"from {self.handler.peer}")
+
+    def _recording_failed(self, reason: str) -> None:
+        """Fail closed: a session that can no longer be recorded ends now, telling the user why."""
+        if self.unrecordable is not None:
+            return
+        self.unrecordable = reason
+        log.error("session %s can no longer be recorded: %s", self.session_id, reason)
+        self.runtime.store.append("recording.failed", user=self.auth.identity.user, source=self.handler.peer,
+                                  session=self.session_id, outcome="ended", reason=f"recording failed: {reason}")
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # nothing more runs unseen: the shell or command stops here
+        if self.chan is not None and not self.chan.is_closing():
+            try:  # straight to the channel: send() would try to record it
+                self.chan.write(b"\r\nbastion: this session can no longer be recorded, so it has ended; "
+                                b"the bastion's log has the details.\r\n", asyncssh.EXTENDED_DATA_STDERR)
+                self.chan.exit(EXIT_ENDED_BY_BASTION)
+            except (asyncssh.Error, OSError):
+                pass  # the channel went away; connection_lost will clean up
 
     async def _close_recording(self, tap: SessionTap, recording: Recording) -> None:
         # Hashing and signing read the whole file: off the event loop.
@@ -312,7 +351,10 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
 
 
 def _close(tap: SessionTap, recording: Recording) -> Any:
-    tap.close()
+    try:
+        tap.close()
+    except (RecorderError, OSError) as e:  # the recording failed: close() seals it as interrupted
+        log.debug("recording %s: cannot settle the tap: %s", recording.session_id, e)
     return recording.close()
 
 

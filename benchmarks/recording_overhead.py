@@ -113,7 +113,8 @@ class Mode:
     cpu: list[float] = field(default_factory=list)  # CPU seconds of this process (the daemon) per run
     seal: list[float] = field(default_factory=list)  # seconds from the session's end to the recording sealed
     cast_bytes: list[int] = field(default_factory=list)
-    stall: list[float] = field(default_factory=list)  # the longest Writer.flush per run, seconds
+    stall: list[float] = field(default_factory=list)  # the longest wait for room in the worker's pipe, per run
+    waited: list[float] = field(default_factory=list)  # seconds senders waited for the worker in all, per run
 
     def mbps(self, payload: int) -> list[float]:
         return [payload / 1e6 / s for s in self.stream]
@@ -170,6 +171,7 @@ class Bench:
         self.set_recording(mode.recording)
         before = set(r.session_id for r in runtime.recordings.list())
         self.flush_timer.take()
+        waited = self.worker_stats()
         cpu = time.process_time()
         start = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
@@ -201,11 +203,24 @@ class Bench:
             if mode.recording:
                 mode.seal.append(seal)
                 mode.cast_bytes.append(int(new[0].bytes or 0))
-                mode.stall.append(self.flush_timer.take())
+                after = self.worker_stats()
+                mode.stall.append(max(self.flush_timer.take(), after["longest_wait"]))
+                mode.waited.append(after["waited"] - waited["waited"])
         if delete:  # keep the disk small: 3 x 200 MB casts otherwise
             for info in new:
                 runtime.recordings.path(info).unlink(missing_ok=True)
         return out
+
+    def worker_stats(self) -> dict[str, float]:
+        """How long the event loop waited for room in the recorder worker's pipe (resets the longest)."""
+        runtime = self.daemon.runtime
+        recorder = runtime.recordings.recorder if runtime and runtime.recordings else None
+        if recorder is None:
+            return {"waits": 0, "waited": 0.0, "longest_wait": 0.0}
+        stats = recorder.stats()
+        if recorder._link is not None:
+            recorder._link.longest_wait = 0.0
+        return stats
 
     def kill_clients(self) -> None:
         for proc in list(self.procs):
@@ -368,7 +383,9 @@ def report(args: argparse.Namespace, on: Mode, off: Mode, extra: dict[str, Any])
     print(f"\nthroughput on / off = {ratio:.2f} (goal: at least 0.9); ssh end to end: {e2e:.2f}")
     alone, batch, small = extra["alone"]
     off_rate = median(off.mbps(nbytes))
-    print(f"longest Writer.flush on the event loop, median of runs: {median(on.stall) * 1000:.0f} ms")
+    print(f"longest stall of the event loop on recording (a Writer.flush, or waiting for room in the worker's "
+          f"pipe), median of runs: {median(on.stall) * 1000:.0f} ms; waiting in all, median: "
+          f"{median(on.waited) * 1000:.0f} ms per run")
     print(f"recording path alone (SessionTap + Writer to a file, no SSH), flushed every {batch / 1e6:.0f} MB as the "
           f"1 s flusher does at the recorded rate: {alone:.1f} MB/s; SSH (off) and that on one thread would give "
           f"1 / (1/{off_rate:.0f} + 1/{alone:.0f}) = {1 / (1 / off_rate + 1 / alone):.0f} MB/s")

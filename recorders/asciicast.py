@@ -6,7 +6,6 @@ array per line. See docs/asciicast-v2.md for what we write and what the validato
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from .castlines import REDACTED, LineEncoder
 from .errors import CastError, RecorderError
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Header",
     "Problem",
     "Writer",
+    "header_line",
     "iter_events",
     "iter_events_with_offsets",
     "parse_resize",
@@ -32,9 +33,7 @@ __all__ = [
     "validate",
 ]
 
-REDACTED = "[redacted]"
 FLUSH_BYTES = 256 * 1024  # the writer also flushes whenever this much is buffered: writes stay small
-"""The 'i' data written instead of keystrokes typed while the terminal's echo was off."""
 
 KEPT_ENV = ("TERM", "SHELL")
 _RESIZE = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
@@ -146,89 +145,102 @@ def parse_resize(data: str) -> tuple[int, int] | None:
 
 
 class Writer:
-    """Incremental writer: events are appended to an in-memory buffer (cheap, for the hot path); flush() writes them.
+    """Incremental writer: events are encoded into an in-memory buffer (cheap, for the hot path); flush() writes them.
 
-    The writer does not own ``file``: close() flushes it but leaves it open.
+    The writer does not own ``file``: close() flushes it but leaves it open. The daemon
+    writes through :class:`recorders.remote.RemoteWriter` instead, in a child process.
     """
 
     def __init__(self, file: BinaryIO, header: Header, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._file = file
         self._clock = clock
         self._start = clock()
-        self._last = 0.0
-        self._lines: list[str] = []
-        self._out = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._in = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._encoder = LineEncoder(self._start)
+        self._lines: list[bytes] = []
         self._closed = False
-        line = (header.to_json() + "\n").encode("utf-8")
+        self.failed: str | None = None
+        self.on_failure: Callable[[str], None] | None = None
+        line = header_line(header)
         file.write(line)
         file.flush()
         self.bytes_written = len(line)
         self.pending = 0
-        self._buffered = 0  # characters held in _lines
+        self._buffered = 0  # bytes held in _lines
 
     @property
     def elapsed(self) -> float:
         """Seconds since t=0 (the writer's construction)."""
         return self._clock() - self._start
 
-    def _add(self, code: str, data: str) -> None:
-        if self._closed:
-            raise RecorderError("the cast writer is closed")
-        if not data:
+    def _add(self, line: bytes) -> None:
+        if not line:
             return
-        t = round(self._clock() - self._start, 6)
-        if t < self._last:
-            t = self._last  # never decreasing, even if the clock steps back
-        else:
-            self._last = t
-        line = json.dumps([t, code, data], ensure_ascii=False)
         self._lines.append(line)
         self.pending += 1
         self._buffered += len(line)
         if self._buffered >= FLUSH_BYTES:  # a bounded write now beats a huge one at the next tick
             self.flush()
 
-    def output(self, data: bytes) -> None:
-        """Record terminal output ('o'); a UTF-8 sequence split across calls is joined."""
-        self._add("o", self._out.decode(data))
+    def _check(self) -> None:
+        if self._closed:
+            raise RecorderError("the cast writer is closed")
+
+    def output(self, data: bytes, *, onlcr: bool = False) -> None:
+        """Record terminal output ('o'); a UTF-8 sequence split across calls is joined; ``onlcr``: LF shown as CRLF."""
+        self._check()
+        self._add(self._encoder.output(data, self._clock(), onlcr=onlcr))
 
     def input(self, data: bytes) -> None:
         """Record keystrokes ('i'), with a decoder of their own."""
-        self._add("i", self._in.decode(data))
+        self._check()
+        self._add(self._encoder.input(data, self._clock()))
 
     def input_redacted(self) -> None:
         """Record that keystrokes were typed with echo off, without them."""
-        self._add("i", REDACTED)
+        self._check()
+        self._add(self._encoder.text("i", REDACTED, self._clock()))
 
     def resize(self, cols: int, rows: int) -> None:
         """Record a terminal resize ('r' "COLSxROWS")."""
-        self._add("r", f"{cols}x{rows}")
+        self._check()
+        self._add(self._encoder.text("r", f"{cols}x{rows}", self._clock()))
 
     def marker(self, label: str) -> None:
         """Record a marker ('m') and flush, so that markers reach the disk promptly."""
-        self._add("m", label)
+        self._check()
+        self._add(self._encoder.text("m", label, self._clock()))
         self.flush()
 
     def flush(self) -> None:
-        """Write the buffered lines to the file and flush it (no fsync)."""
-        if self._lines:
-            data = ("\n".join(self._lines) + "\n").encode("utf-8", "replace")
-            self._lines.clear()
-            self.pending = 0
-            self._buffered = 0
-            self._file.write(data)
-            self.bytes_written += len(data)
-        self._file.flush()
+        """Write the buffered lines to the file and flush it (no fsync); an OSError also marks the writer failed."""
+        try:
+            if self._lines:
+                data = b"".join(self._lines)
+                self._lines.clear()
+                self.pending = 0
+                self._buffered = 0
+                self._file.write(data)
+                self.bytes_written += len(data)
+            self._file.flush()
+        except OSError as e:
+            if self.failed is None:
+                self.failed = f"cannot write the recording: {e.strerror or e}"
+                if self.on_failure is not None:
+                    self.on_failure(self.failed)
+            raise
 
     def close(self) -> None:
         """Emit any pending partial UTF-8 (as replacement characters) and flush; idempotent."""
         if self._closed:
             return
-        self._add("o", self._out.decode(b"", final=True))
-        self._add("i", self._in.decode(b"", final=True))
+        self._add(self._encoder.final(self._clock()))
         self._closed = True
         self.flush()
+
+
+def header_line(header: Header) -> bytes:
+    """The first line of a cast file, newline included."""
+    return (header.to_json() + "\n").encode("utf-8")
 
 
 def _reject_constant(name: str) -> None:

@@ -13,6 +13,7 @@ At close, the store keeps the file's sha256 and size and an Ed25519 signature
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ import sqlite_utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import asciicast, sidecars
+from .castlines import EventWriter
 from .errors import NotFound, RecorderError
+from .remote import RecorderProcess, RemoteWriter
 from .repair import cut_and_mark
 from .signing import file_digest, load_signing_key, load_verify_key, sign, signature_ok
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 LIVE, CLOSED, INTERRUPTED, PRUNED = "live", "closed", "interrupted", "pruned"
 STATUSES = (LIVE, CLOSED, INTERRUPTED, PRUNED)
 INTERRUPTED_MARKER = "recording interrupted: the bastion stopped unexpectedly"
+FAILED_MARKER = "recording failed"
 STILL_LIVE = "still live: the recording is not closed yet, so it has no hash or signature to check"
 SidecarMode = Literal["now", "background", "lazy"]
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -81,34 +85,46 @@ class RecordingInfo:
 
 
 class Recording:
-    """An open recording: a Writer on a 0600 file, and its live index row."""
+    """An open recording: a writer (in this process, or the recorder worker's) and its live index row."""
 
-    def __init__(self, store: RecordingStore, session_id: str, path: Path, file: BinaryIO,
-                 writer: asciicast.Writer) -> None:
+    def __init__(self, store: RecordingStore, session_id: str, path: Path, file: BinaryIO | None,
+                 writer: asciicast.Writer | RemoteWriter) -> None:
         self.session_id = session_id
         self.path = path
-        self.writer = writer
+        self.writer: EventWriter = writer
         self._store = store
-        self._file = file
+        self._file = file  # None when the worker holds the file
         self._closed: RecordingInfo | None = None
 
     def close(self, *, reason: str | None = None) -> RecordingInfo:
-        """Close the file, then hash and sign it and mark it closed; idempotent."""
+        """Close the file, then hash and sign it and mark it closed; idempotent.
+
+        A recording whose writer failed is sealed ``interrupted``, cut to its last whole line and
+        marked with the reason: what reached the disk is still evidence.
+        """
         if self._closed is not None:
             return self._closed
         try:
             if reason:
                 self.writer.marker(f"session ended: {reason}")
             self.writer.close()
-        except RecorderError as e:  # the tap closed the writer first: the marker is all we lose
+        except RecorderError as e:  # the tap closed the writer first, or it failed (below)
             log.debug("recording %s: no end marker: %s", self.session_id, e)
         except OSError as e:  # a full disk must not leave the row live: seal what reached the file
             log.error("recording %s: cannot write its end: %s", self.session_id, e)
-        try:
-            self._file.close()
-        except OSError as e:
-            log.error("recording %s: cannot close its file: %s", self.session_id, e)
-        self._closed = self._store._seal(self.session_id, CLOSED, self._store._clock())
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as e:
+                log.error("recording %s: cannot close its file: %s", self.session_id, e)
+        status, ended = CLOSED, self._store._clock()
+        if self.writer.failed is not None:
+            status = INTERRUPTED
+            try:
+                cut_and_mark(self.path, f"{FAILED_MARKER}: {self.writer.failed}")
+            except OSError as e:
+                log.error("recording %s: cannot mark where it failed: %s", self.session_id, e)
+        self._closed = self._store._seal(self.session_id, status, ended)
         return self._closed
 
 
@@ -117,8 +133,11 @@ class RecordingStore:
 
     def __init__(self, root: Path, db: sqlite_utils.Database, *, signing_key: Ed25519PrivateKey | None = None,
                  verify_key: Ed25519PublicKey | None = None, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic, sidecars_at_close: SidecarMode = "now") -> None:
+                 monotonic: Callable[[], float] = time.monotonic, sidecars_at_close: SidecarMode = "now",
+                 recorder: RecorderProcess | None = None) -> None:
         self.root = root
+        # With a recorder worker, cast files are written by a child process: the daemon's choice.
+        self.recorder = recorder
         # Building sidecars renders the whole session (about 1 MB/s of cast): a daemon that must not
         # stall in close() says "background"; "lazy" leaves them to the first grep or seek.
         self.sidecars_at_close = sidecars_at_close
@@ -167,17 +186,29 @@ class RecordingStore:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError as e:
             raise RecorderError(f"a recording for session {session_id} already exists at {path}") from e
-        file = os.fdopen(fd, "wb")
+        file: BinaryIO | None = os.fdopen(fd, "wb")
         if header.timestamp is None:
             header = replace(header, timestamp=int(start))
+        writer: asciicast.Writer | RemoteWriter | None = None
         try:
-            writer = asciicast.Writer(file, header, clock=self._monotonic)
+            assert file is not None
+            if self.recorder is None:
+                writer = asciicast.Writer(file, header, clock=self._monotonic)
+            else:
+                file.write(asciicast.header_line(header))
+                file.close()
+                file = None
+                writer = self.recorder.open(path, self._monotonic)
             self._db().table("recordings").insert({
                 "session_id": session_id, "user": user, "target": target, "started": round(start, 6),
                 "status": LIVE, "path": relative.as_posix(), "title": header.title, "hold": 0,
             })
         except BaseException:  # no row without a file, no file without a row
-            file.close()
+            if isinstance(writer, RemoteWriter):
+                with contextlib.suppress(RecorderError):
+                    writer.close()
+            if file is not None:
+                file.close()
             path.unlink(missing_ok=True)
             raise
         log.info("recording session %s to %s", session_id, path)
@@ -226,6 +257,11 @@ class RecordingStore:
         for builder in self._builders:
             builder.join(timeout)
         self._builders = [b for b in self._builders if b.is_alive()]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the recorder worker, if there is one; call it once every recording is closed."""
+        if self.recorder is not None:
+            self.recorder.stop(timeout)
 
     def recover(self) -> list[str]:
         """Mark every recording left live by a crash interrupted, then hash and sign it as it stands.

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .asciicast import Writer
+from .castlines import EventWriter
 
 ECHO_WINDOW = 0.5  # seconds a keystroke waits for its echo
 _ANSI = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
@@ -39,12 +39,13 @@ class _Pending:
 
 
 class SessionTap:
-    """Feeds one session's output, keystrokes, resizes and markers into a Writer."""
+    """Feeds one session's output, keystrokes, resizes and markers into a writer."""
 
-    def __init__(self, writer: Writer, *, redact_echo_off: bool = True, onlcr: bool = False,
+    def __init__(self, writer: EventWriter, *, redact_echo_off: bool = True, onlcr: bool = False,
                  clock: Callable[[], float] = time.monotonic, echo_window: float = ECHO_WINDOW) -> None:
         self.writer = writer
         # Without a PTY the user's own terminal turned "\n" into "\r\n"; record what they saw.
+        # The writer translates, where it encodes: off the daemon's event loop with the recorder worker.
         self._onlcr = onlcr
         self.redact_echo_off = redact_echo_off
         self._clock = clock
@@ -55,13 +56,11 @@ class SessionTap:
 
     def output(self, data: bytes) -> None:
         """What the user saw."""
-        if self._onlcr:
-            data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if self._pending:
             self._seen = (self._seen + _printable(data))[-_SEEN_LIMIT:]
             self._drain(force=False)
         self._redacting = False
-        self.writer.output(data)
+        self.writer.output(data, onlcr=self._onlcr)
 
     def input(self, data: bytes) -> None:
         """What the user typed."""

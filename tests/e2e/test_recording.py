@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -147,9 +148,15 @@ def test_kill_9_leaves_a_replayable_recording_marked_interrupted(
     term.expect("certificate:")
     time.sleep(1.5)  # at least one flush
     assert b.proc is not None
+    worker = worker_of(b)
+    assert worker is not None
     b.proc.send_signal(signal.SIGKILL)
     b.proc.wait(10)
     term.expect(pexpect.EOF)
+    deadline = time.monotonic() + 10  # the worker sees its pipe close, writes what it has, and exits
+    while running(worker):
+        assert time.monotonic() < deadline, "the recorder worker outlived its daemon"
+        time.sleep(0.05)
 
     b.start()
     row = recordings(b, "gina")[0]
@@ -166,3 +173,65 @@ def test_kill_9_leaves_a_replayable_recording_marked_interrupted(
 def test_verify_all_passes_after_real_sessions(bastion: Bastion) -> None:
     result = recorder(bastion, "verify", "--all")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is still a recorder worker (not gone, not a zombie)."""
+    try:
+        return b"recorders.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def worker_of(bastion: Bastion) -> int | None:
+    """The pid of the bastion's recorder worker (a child process), if one runs."""
+    assert bastion.proc is not None
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(bastion.proc.pid) and b"recorders.worker" in cmdline:
+            return int(status.parent.name)
+    return None
+
+
+def test_a_session_whose_recorder_dies_ends_with_a_message_and_the_next_is_recorded(
+        make_bastion: Callable[..., Bastion], tmp_path: Path, oidc_issuer: OidcIssuer) -> None:
+    b = make_bastion()
+    client = Client(tmp_path / "home", b)
+    client.certify(oidc_issuer, "hana", ["dev"])
+    term = shell(client, "hana")
+    term.expect("localhost")
+    term.send("whoami\r")
+    term.expect("certificate:")
+    cast = next((b.state / "recordings").rglob("*.cast"))
+    deadline = time.monotonic() + 1.0  # `recorder watch` sees a live session within about a second
+    while "certificate:" not in cast.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "certificate:" in cast.read_text()
+    pid = worker_of(b)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    term.expect("can no longer be recorded")
+    term.expect(pexpect.EOF)
+    term.close()
+    assert term.exitstatus == 255
+
+    row = recordings(b, "hana")[0]
+    deadline = time.monotonic() + 10
+    while row["status"] == "live" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        row = recordings(b, "hana")[0]
+    assert row["status"] == "interrupted"
+    events = list(iter_events(cast_of(b, row["session_id"])))
+    assert "certificate:" in strip_ansi("".join(e.data for e in events if e.code == "o"))
+    assert events[-1].code == "m" and events[-1].data.startswith("recording failed")
+    assert recorder(b, "verify", row["session_id"]).returncode == 0
+    b.wait_event("recording.failed", lambda e: e.session == row["session_id"])
+
+    assert client.ssh("hana", "targets").returncode == 0  # a new worker records the next session
+    assert worker_of(b) not in (None, pid)
+    wait_closed(b, "hana")
+    assert b.alive()
