@@ -16,6 +16,8 @@ from recorders.errors import RecorderError
 from recorders.remote import RecorderProcess
 from recorders.store import RecordingStore, load_signing_key
 
+from .approvals import Approvals, Change
+from .approvals_view import load
 from .audit import AuditStore
 from .config import Config
 from .errors import StateError
@@ -24,6 +26,7 @@ from .keys import KeyPaths, load_keys
 from .oidc import OidcVerifier
 from .runtime import Runtime
 from .server import start_ssh_server
+from .webhooks import WebhookNotifier, WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,7 @@ class Daemon:
             recorder.start()
         except RecorderError as e:  # sessions will be refused, each with its reason, until it starts
             log.error("%s", e)
+        await self._start_approvals(runtime)
         self._flusher = asyncio.get_running_loop().create_task(self._flush_recordings())
         self._verifier = OidcVerifier(config.identity.oidc, config.identity.machine_issuers)
         try:
@@ -83,13 +87,39 @@ class Daemon:
         log.info("listening: ssh %s:%d, http %s:%d", config.listen.ssh.host, runtime.ssh_port,
                  config.listen.http.host, self.http_port)
 
+    async def _start_approvals(self, runtime: Runtime) -> None:
+        """Requests and grants, their webhooks, and the notice lines in approvers' shells."""
+        approvals = runtime.approvals = Approvals(runtime.store, clock=runtime.clock)
+        settings = self.config.approvals
+        urls = settings.webhook_urls()
+        if urls:
+            runtime.notifier = WebhookNotifier(WebhookSettings(
+                urls=urls, link=settings.link, retries=settings.retries, backoff=settings.backoff,
+                max_backoff=settings.max_backoff, timeout=settings.timeout, queue_size=settings.queue_size,
+                include_statement=settings.include_statement))
+            await runtime.notifier.start()
+            approvals.add_listener(runtime.notifier.on_change)
+
+        def tell_shells(change: Change) -> None:
+            if not runtime.notice_boards:
+                return
+            _, rule = load(approvals, change.request.id)
+            for board in list(runtime.notice_boards):
+                board(change, rule)
+
+        approvals.add_listener(tell_shells)
+
     async def _flush_recordings(self) -> None:
-        """Write buffered recording events at least once per flush interval; end revoked sessions."""
+        """Write buffered recording events at least once per flush interval; end revoked sessions and grants."""
         assert self.runtime is not None
         runtime, interval = self.runtime, self.config.recording.flush_interval
         while True:
             await asyncio.sleep(interval)
             self._end_revoked(runtime)
+            try:
+                self._end_grants(runtime)
+            except Exception:  # a failing check must not stop recordings from being flushed
+                log.exception("checking grants failed")
             for tap in list(runtime.taps):
                 try:
                     tap.tick()
@@ -116,10 +146,29 @@ class Daemon:
         if self._verifier is not None:
             await self._verifier.close()
             self._verifier = None
+        if self.runtime is not None and self.runtime.notifier is not None:
+            await self.runtime.notifier.close(5.0)  # the requests are in the store whatever it could not send
+            self.runtime.notifier = None
         if self.runtime is not None:
             self.runtime.store.append("daemon.stopped", pid=os.getpid())
             self.runtime.store.close()
             self.runtime = None
+
+    @staticmethod
+    def _end_grants(runtime: Runtime) -> None:
+        """A session never outlives its grant: expire what is due, end the uses of grants that ended."""
+        approvals = runtime.approvals
+        if approvals is None:
+            return
+        now = runtime.clock()
+        approvals.expire_due(now)
+        for grant_id in approvals.ended_among(set(runtime.grant_uses), now):
+            grant = approvals.grant(grant_id)
+            why = (f"grant {grant_id} was revoked by {grant.revoked_by}"
+                   + (f": {grant.revoke_reason}" if grant.revoke_reason else "")
+                   if grant.revoked_at is not None else f"grant {grant_id} for {grant.target} has expired")
+            for end in list(runtime.grant_uses.pop(grant_id, ())):
+                end(why)
 
     @staticmethod
     def _end_revoked(runtime: Runtime) -> None:

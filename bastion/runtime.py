@@ -18,10 +18,13 @@ from .config import Config
 from .keys import Keys
 
 if TYPE_CHECKING:
+    from policies.model import ApprovalRule
     from recorders.store import RecordingStore
     from recorders.tap import SessionTap
 
+    from .approvals import Approvals, Change
     from .server import ConnectionHandler
+    from .webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,27 @@ class Runtime:
     connections_per_source: Counter[str] = field(default_factory=Counter)
     ssh_port: int = 0  # the bound port, set by the daemon once listening (config may say 0)
     recordings: RecordingStore | None = None
+    approvals: Approvals | None = None           # requests, grants, held statements (set by the daemon)
+    notifier: WebhookNotifier | None = None      # approval webhooks, when configured
     taps: set[SessionTap] = field(default_factory=set)  # open recordings, flushed every second
     connections: set[ConnectionHandler] = field(default_factory=set)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Uses of a grant (a console, a one-shot command, a forward), each with how to end it.
+    grant_uses: dict[str, set[Callable[[str], None]]] = field(default_factory=dict)
+    notice_boards: set[Callable[[Change, ApprovalRule | None], None]] = field(default_factory=set)
+
+    def hold_grant(self, grant_id: str, end: Callable[[str], None]) -> Callable[[], None]:
+        """Register a use of a grant, ended with a message when the grant does; returns its release."""
+        self.grant_uses.setdefault(grant_id, set()).add(end)
+
+        def release() -> None:
+            uses = self.grant_uses.get(grant_id)
+            if uses is not None:
+                uses.discard(end)
+                if not uses:
+                    del self.grant_uses[grant_id]
+
+        return release
 
     def background(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         """Run ``coro`` as a task the daemon waits for on shutdown; failures are logged, never lost."""

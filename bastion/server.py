@@ -286,13 +286,23 @@ class ConnectionHandler(asyncssh.SSHServer):
             return self._refuse_forward(user, dest_host, dest_port, "no-target", reason)
         decision = decide(self.runtime.config.policies, self.auth.identity, target.target, "forward",
                           self.runtime.clock())
-        if decision.effect is not Effect.ALLOW or decision.policy is None:
+        grant = None
+        if decision.effect is Effect.APPROVAL and decision.policy is not None and self.runtime.approvals:
+            found = self.runtime.approvals.active_grant(self.auth.identity.user, target.name, self.runtime.clock())
+            grant = found.id if found is not None else None
+            if grant is None:
+                return self._refuse_forward(user, dest_host, dest_port, decision.rule,
+                                            f"{decision.reason}; ask for it with `ssh bastion request "
+                                            f"{target.name} --reason ...`")
+        elif decision.effect is not Effect.ALLOW or decision.policy is None:
             return self._refuse_forward(user, dest_host, dest_port, decision.rule, decision.reason)
         session_id = secrets.token_hex(8)
         self.runtime.store.append("forward.opened", user=user, source=self.peer, target=target.name,
                                   session=session_id, rule=decision.rule, outcome="allow",
-                                  connection=self.conn_id)
-        access = SqlAccess(self.runtime, self.auth.identity, target, decision.policy, session_id, self.peer)
+                                  connection=self.conn_id, grant=grant)
+        assert decision.policy is not None
+        access = SqlAccess(self.runtime, self.auth.identity, target, decision.policy, session_id, self.peer,
+                           grant=grant)
         return access.serve_forward  # asyncssh runs it with the channel's reader and writer
 
     def _refuse_forward(self, user: str | None, host: str, port: int, rule: str, reason: str) -> Any:

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import shlex
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
@@ -23,7 +24,7 @@ from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
 from policies.engine import decide
-from policies.model import Effect
+from policies.model import ApprovalRule, Effect
 from recorders.asciicast import Header
 from recorders.errors import RecorderError
 from recorders.store import Recording
@@ -36,6 +37,7 @@ from shell.sql import SqlResult, run_console
 
 from .errors import BastionError
 from .proxies.pgclient import PgClient
+from .session_requests import SessionRequests, notice_for
 from .sqlaccess import SqlAccess
 
 if TYPE_CHECKING:
@@ -272,6 +274,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
                          "for example `ssh bastion targets --json`.\r\n", EXIT_USAGE)
             return
         ctx = SessionContext(self)
+        self.runtime.notice_boards.add(ctx.post_notice)
         # Cursor-position reports let prompt_toolkit size the toolbar; a client that cannot
         # answer them (a test harness, some serial consoles) says so with PROMPT_TOOLKIT_NO_CPR=1.
         enable_cpr = self.chan.get_environment().get("PROMPT_TOOLKIT_NO_CPR") != "1"
@@ -290,6 +293,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             status = 1
         finally:
             self._input = None
+            self.runtime.notice_boards.discard(ctx.post_notice)
         self._finish("", status)
 
     async def _run_exec(self) -> None:
@@ -368,6 +372,25 @@ class SessionContext:
         self.bastion_name = self._runtime.config.host_names[0]
         self.certificate_expires = float(session.auth.cert.valid_before)
         self.certificate_serial = session.auth.cert.serial
+        assert session.chan is not None
+        self.interactive = session.chan.get_terminal_type() is not None
+        self.notices: asyncio.Queue[str] = asyncio.Queue(maxsize=100)
+        self._requests = SessionRequests(self._runtime, self.identity, session.session_id, session.mark)
+        self.request_access = self._requests.request_access
+        self.requests = self._requests.requests
+        self.decide = self._requests.decide
+        self.cancel_request = self._requests.cancel_request
+        self.revoke_grant = self._requests.revoke_grant
+        self.wait_request = self._requests.wait_request
+
+    def post_notice(self, change: Any, rule: ApprovalRule | None) -> None:
+        """Queue the line this person should see about a request change, if any (oldest dropped when full)."""
+        line = notice_for(change, self.identity, rule)
+        if line is None:
+            return
+        if self.notices.full():
+            self.notices.get_nowait()
+        self.notices.put_nowait(line)
 
     def now(self) -> float:
         return self._runtime.clock()
@@ -391,47 +414,63 @@ class SessionContext:
         if decision.effect is Effect.DENY:
             # Same answer as for a name that does not exist would leak less, but people need the rule.
             return ConnectOutcome(EXIT_DENIED, f"denied: {decision.reason}")
+        grant = None
         if decision.effect is Effect.APPROVAL:
-            return ConnectOutcome(EXIT_APPROVAL, f"{decision.reason}; access requests are not "
-                                  "available in this version of the bastion yet")
+            grant = self._requests.active_grant(name)
+            if grant is None:
+                return ConnectOutcome(EXIT_APPROVAL, f"{decision.reason}; ask for it with "
+                                      f"`request {name} --reason \"...\"`")
+            self._session.mark(f"{action} {name} under grant {grant}")
         if configured.kind != "postgres" or decision.policy is None:
             return ConnectOutcome(EXIT_UNAVAILABLE, f"{configured.kind} targets are not available in this "
                                   f"version of the bastion yet ({name} is allowed by policy {decision.rule})")
         return SqlAccess(self._runtime, self.identity, configured, decision.policy, self._session.session_id,
-                         self._session.handler.peer, mark=self._session.mark)
+                         self._session.handler.peer, mark=self._session.mark, grant=grant)
 
-    async def _client(self, name: str, action: str) -> PgClient | ConnectOutcome:
-        """A connected client for ``name`` if policy allows ``action``, else what to tell the user."""
+    def _hold(self, access: SqlAccess) -> Callable[[], None]:
+        """While a use of a grant runs, the grant's end ends this session, saying why."""
+        if access.grant is None:
+            return lambda: None
+        return self._runtime.hold_grant(access.grant, self._session.end)
+
+    async def _client(self, name: str, action: str) -> tuple[PgClient, Callable[[], None]] | ConnectOutcome:
+        """A connected client for ``name`` if policy allows ``action`` (and the grant's release), else why not."""
         access = self._access(name, action)
         if isinstance(access, ConnectOutcome):
             return access
         try:
-            return await access.console_client()
+            client = await access.console_client()
         except BastionError as e:
             return ConnectOutcome(EXIT_ERROR, str(e))
+        return client, self._hold(access)
 
     async def connect(self, name: str) -> ConnectOutcome:
-        client = await self._client(name, "connect")
-        if isinstance(client, ConnectOutcome):
-            return client
+        opened = await self._client(name, "connect")
+        if isinstance(opened, ConnectOutcome):
+            return opened
+        client, release = opened
         user = self.identity.user
         try:
             await run_console(client, user=user, history=self._session.history(f"{user}@{name}.sql"),
                               size=self._session.size_pair,
-                              on_statement=lambda text: self._session.mark(f"sql {name}: {text[:200]}"))
+                              on_statement=lambda text: self._session.mark(f"sql {name}: {text[:200]}"),
+                              wait_request=self.wait_request, clock=self.now)
         finally:
+            release()
             await client.close()
         return ConnectOutcome(EXIT_OK, f"left {name}; back in the bastion shell\n")
 
     async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
-        client = await self._client(name, "sql")
-        if isinstance(client, ConnectOutcome):
-            return client
+        opened = await self._client(name, "sql")
+        if isinstance(opened, ConnectOutcome):
+            return opened
+        client, release = opened
         try:
             return await client.execute(sql)
         except ConnectionError as e:
             return ConnectOutcome(EXIT_ERROR, str(e))
         finally:
+            release()
             await client.close()
 
     async def stdin(self) -> str:

@@ -232,6 +232,7 @@ class SqlAccess:
     session: str
     source: str
     mark: Callable[[str], None] | None = None
+    grant: str | None = None  # the approved grant this access runs under, if its policy needs one
 
     def inspector(self, on_event: Callable[[StatementEvent], None] | None = None) -> PolicyInspector:
         """A fresh inspector for one client connection."""
@@ -267,6 +268,11 @@ class SqlAccess:
         def record(event: StatementEvent) -> None:
             transcript.output(_transcript_lines(event).encode())
 
+        def end(why: str) -> None:  # the grant ended: so does this forwarded connection
+            transcript.marker(f"forward ending: {why}")
+            writer.close()
+
+        release = runtime.hold_grant(self.grant, end) if self.grant is not None else None
         try:
             upstream = upstream_for(self.target)
             await serve_client(reader, writer, upstream, self.inspector(on_event=record),
@@ -275,6 +281,8 @@ class SqlAccess:
             log.warning("forward to %s refused: %s", self.target.name, e)
             writer.close()
         finally:
+            if release is not None:
+                release()
             transcript.marker("forwarded connection closed")
             runtime.taps.discard(transcript)
             await asyncio.to_thread(_seal, transcript, recording)

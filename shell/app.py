@@ -6,10 +6,12 @@ output the caller has bound to the SSH channel; it knows nothing of SSH.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Iterable
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.application.current import get_app_session
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import FormattedText
@@ -23,18 +25,20 @@ from . import render
 from .commands import COMMANDS, Result, commands, run_line
 from .context import ShellContext
 from .lexer import command_lexer
+from .render import clean
 
 STYLE = Style.from_dict({
     "prompt.user": "#5fd7ff bold",
     "prompt.at": "#808080",
     "prompt.host": "#87d787 bold",
     "error": "#ff5f5f",
+    "notice": "#ffd75f bold",
     "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
 })
 
 
 class ShellCompleter(Completer):
-    """Completes command names, then target names for commands that take one."""
+    """Completes command names, a command's options, then target names for commands that take one."""
 
     def __init__(self, ctx: ShellContext) -> None:
         self.ctx = ctx
@@ -49,11 +53,18 @@ class ShellCompleter(Completer):
                     yield Completion(candidate.name, -len(prefix), display_meta=candidate.summary)
             return
         cmd = COMMANDS.get(words[0])
-        if cmd is None or not cmd.completes_targets:
+        if cmd is None:
             return
         prefix = "" if before.endswith(" ") else words[-1]
+        if prefix.startswith("-"):
+            for option in cmd.options:
+                if option.startswith(prefix):
+                    yield Completion(option, -len(prefix))
+            return
+        if not cmd.completes_targets:
+            return
         if len(words) - (0 if before.endswith(" ") else 1) != 1:
-            return  # connect takes one target
+            return  # the target is the first argument
         for target in self.ctx.targets():
             if target.name.startswith(prefix):
                 yield Completion(target.name, -len(prefix), display_meta=f"{target.kind}, {target.access}")
@@ -117,12 +128,43 @@ def show(result: Result) -> None:
         print_formatted_text(FormattedText([("class:error", result.error + "\n")]), end="", style=STYLE)
 
 
+NOTICE_POLL = 0.25  # seconds between looks for a prompt, while a notice waits to be shown
+
+
+def _prompt_running() -> bool:
+    app = get_app_session().app
+    return app is not None and app.is_running
+
+
+async def relay_notices(notices: asyncio.Queue[str]) -> None:
+    """Print each notice above the running prompt (the shell's or the console's), until cancelled.
+
+    While no prompt runs (a command, a statement, the pager, a countdown) a notice waits,
+    so it never lands in the middle of a status line or a table.
+    """
+    while True:
+        line = await notices.get()
+        while not _prompt_running():
+            await asyncio.sleep(NOTICE_POLL)
+        # With an app running, this prints above it and redraws the prompt (run_in_terminal).
+        print_formatted_text(FormattedText([("class:notice", clean(line.rstrip("\n")) + "\n")]), end="",
+                             style=STYLE)
+
+
 async def interact(ctx: ShellContext, history: History, record: Callable[[str, Result], None]) -> None:
     """Run the shell until ``exit``, Ctrl-D or the channel closes."""
     session = build_session(ctx, history)
     print_formatted_text(
         f"Welcome to {ctx.bastion_name}, {ctx.identity.user}. Type `help` for the commands, "
         "`targets` to see where you can go.")
+    notices = asyncio.ensure_future(relay_notices(ctx.notices))
+    try:
+        await _loop(ctx, session, record)
+    finally:
+        notices.cancel()
+
+
+async def _loop(ctx: ShellContext, session: PromptSession[str], record: Callable[[str, Result], None]) -> None:
     while True:
         try:
             # The defaults would install a loop-wide exception handler and take SIGINT from the daemon.

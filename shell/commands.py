@@ -62,6 +62,7 @@ class Command:
     completes_targets: bool = False
     aliases: tuple[str, ...] = field(default=())
     raw: bool = False  # the handler parses its own options
+    options: tuple[str, ...] = ()  # offered by completion
 
 
 COMMANDS: dict[str, Command] = {}
@@ -70,11 +71,13 @@ COMMANDS: dict[str, Command] = {}
 def command(
     name: str, usage: str, summary: str, *, min_args: int = 0, max_args: int = 0,
     json: bool = False, completes_targets: bool = False, aliases: tuple[str, ...] = (), raw: bool = False,
+    options: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     """Register a shell command."""
 
     def register(handler: Handler) -> Handler:
-        cmd = Command(name, usage, summary, handler, max_args, min_args, json, completes_targets, aliases, raw)
+        cmd = Command(name, usage, summary, handler, max_args, min_args, json, completes_targets, aliases, raw,
+                      options)
         for key in (name, *aliases):
             COMMANDS[key] = cmd
         return handler
@@ -160,16 +163,18 @@ async def _whoami(ctx: ShellContext, args: Args) -> Result:
     return Result(text=text, data=data)
 
 
-@command("connect", "connect TARGET", "Open a console on a target, if policy allows it.",
-         min_args=1, max_args=1, completes_targets=True)
+@command("connect", "connect TARGET", "Open a console on a target, if policy allows it; on an approval "
+         "target, offer a request and wait for it.", min_args=1, max_args=1, completes_targets=True)
 async def _connect(ctx: ShellContext, args: Args) -> Result:
     outcome = await ctx.connect(args.positional[0])
     if outcome.code == EXIT_OK:
         return Result(text=outcome.message)
+    if outcome.code == EXIT_APPROVAL:
+        return await access.approval_needed(ctx, args.positional[0], outcome)
     return Result(outcome.code, error=outcome.message)
 
 
-SQL_USAGE = "sql TARGET [--format table|json|csv] [SQL]"
+SQL_USAGE = "sql TARGET [--format table|json|csv] [--wait [DURATION]] [SQL]"
 
 
 def _next_word(text: str) -> tuple[str, str]:
@@ -188,18 +193,26 @@ def _sql_text(rest: str) -> str:
 
 
 @command("sql", SQL_USAGE, "Run SQL on a target and print the result; without SQL, read it from stdin.",
-         completes_targets=True, raw=True)
+         completes_targets=True, raw=True, options=("--format", "--wait"))
 async def _sql(ctx: ShellContext, args: Args) -> Result:
     from .sql import exit_code  # shell.sql imports this module
     from .sqlrender import diagnostics, render
 
     rest, fmt, target = args.positional[0], "table", ""
+    wait, timeout = False, None
     while True:
         word, after = _next_word(rest)
         if word == "--format":
             fmt, rest = _next_word(after)
             if fmt not in ("table", "json", "csv"):
                 return Result(EXIT_USAGE, error=f"--format takes table, json or csv; usage: {SQL_USAGE}")
+        elif word == "--wait":  # an optional DURATION: the next word, if it reads as one
+            wait, rest = True, after
+            value, after = _next_word(after)
+            try:
+                timeout, rest = access.parse_duration(value), after
+            except ValueError:
+                pass
         elif word.startswith("--"):
             return Result(EXIT_USAGE, error=f"unknown option {word}; usage: {SQL_USAGE}")
         elif word and not target:
@@ -213,11 +226,23 @@ async def _sql(ctx: ShellContext, args: Args) -> Result:
         return Result(EXIT_USAGE, error="no SQL given, neither as an argument nor on stdin")
     outcome = await ctx.run_sql(target, sql)
     if isinstance(outcome, ConnectOutcome):
-        return Result(outcome.code, error=outcome.message)
-    return Result(exit_code(outcome), text=render(outcome, fmt),
-                  error=diagnostics(outcome).rstrip("\n") if fmt == "csv" else "")
+        return access.sql_refused(target, outcome)
+    held = access.held_request(outcome)
+    if held is not None and wait:
+        again = await access.wait_and_rerun(ctx, target, sql, held, timeout)
+        if isinstance(again, Result):
+            return again
+        outcome, held = again, access.held_request(again)
+    errors = [diagnostics(outcome).rstrip("\n")] if fmt == "csv" else []
+    if held is not None:
+        errors.append(access.held_hint(held))
+    return Result(exit_code(outcome), text=render(outcome, fmt), error="\n".join(e for e in errors if e))
 
 
 @command("exit", "exit", "Leave the bastion.", aliases=("quit", "logout"))
 async def _exit(ctx: ShellContext, args: Args) -> Result:
     return Result(leave=True)
+
+
+# Last: access's commands register themselves with the table above, and connect and sql use it.
+from . import access  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +31,30 @@ class ConnectOutcome:
     message: str
 
 
+@dataclass(frozen=True)
+class RequestView:
+    """A just-in-time request as its requester or an approver may see it."""
+
+    id: str
+    kind: str                    # access | statement | transfer
+    requester: str
+    target: str
+    reason: str
+    state: str                   # pending | approved | denied | expired | cancelled
+    created: float               # epoch seconds
+    expires: float               # when a pending request expires
+    duration: float              # seconds of access asked (access requests)
+    approvers: str               # who may approve, for people: "group sre; user bob"
+    needed: int                  # approvals needed
+    approved_by: tuple[str, ...] = ()
+    statement: str | None = None  # held statements: the exact text
+    decided_by: str | None = None
+    decision_reason: str | None = None
+    grant: str | None = None     # the grant an approved access request gave
+    grant_ends: float | None = None
+    break_glass: bool = False
+
+
 class ShellContext(Protocol):
     """The session a command runs in."""
 
@@ -37,6 +62,8 @@ class ShellContext(Protocol):
     bastion_name: str
     certificate_expires: float  # epoch seconds
     certificate_serial: int
+    interactive: bool                 # a person at a terminal (a PTY), not a one-shot command
+    notices: asyncio.Queue[str]       # lines for this person: requests they may approve, decisions on theirs
 
     def targets(self) -> list[TargetView]:
         """The targets policy shows this identity."""
@@ -56,4 +83,31 @@ class ShellContext(Protocol):
 
     async def stdin(self) -> str:
         """Everything the client sends on stdin, until it closes it (one-shot commands)."""
+        ...
+
+    # -- just-in-time access ------------------------------------------------------------------
+
+    async def request_access(self, target: str, reason: str, duration: float | None = None, *,
+                             break_glass: bool = False) -> RequestView | ConnectOutcome:
+        """File a request for access to ``target`` (or, with ``break_glass``, grant it now, flagged)."""
+        ...
+
+    def requests(self) -> tuple[list[RequestView], list[RequestView]]:
+        """(mine, newest first; the pending ones I may decide)."""
+        ...
+
+    async def decide(self, request_id: str, *, approve: bool, text: str) -> RequestView | ConnectOutcome:
+        """Approve (``text`` is an optional comment) or deny (``text`` is the required reason) a request."""
+        ...
+
+    async def cancel_request(self, request_id: str) -> RequestView | ConnectOutcome:
+        """Withdraw my own pending request."""
+        ...
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> ConnectOutcome:
+        """End a grant early: mine, or one I could have approved."""
+        ...
+
+    async def wait_request(self, request_id: str, timeout: float | None = None) -> RequestView:
+        """Return once the request is decided (or expires), or when ``timeout`` passes (still pending)."""
         ...

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from .sqlrender import visible
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns with a header rule; an empty result says so."""
@@ -40,3 +42,17 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m" if minutes else f"{secs}s"
+
+
+def countdown(seconds: float) -> str:
+    """A clock-style time left, for a line redrawn every second: ``59:58``, ``1:59:58``."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def clean(text: str, limit: int | None = None) -> str:
+    """Text someone else typed (a reason, a statement), safe for a terminal: one line, controls escaped."""
+    text = visible(text)
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "…"

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,9 +34,11 @@ from prompt_toolkit.styles import Style, merge_styles, style_from_pygments_cls
 from pygments.lexers import MySqlLexer, PostgresLexer
 from pygments.styles import get_style_by_name
 
-from . import sqlrender
+from . import sqlrender, waiting
+from .access import decision, held_request, stopped
 from .app import server_app_settings
 from .commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_ERROR, EXIT_OK
+from .context import RequestView
 from .keys import KeyReader, multiline_until_complete, sql_bindings
 from .sql_complete import Catalog, SqlCompleter, catalog_sql, parse_catalog
 from .sql_input import parse_meta, split_meta
@@ -43,6 +46,8 @@ from .sql_meta import FORBIDDEN_HINT, META, Settings, forbidden
 from .sqlrender import Line, Note
 
 log = logging.getLogger(__name__)
+
+WaitRequest = Callable[[str, float | None], Awaitable[RequestView]]
 
 SQLSTATE_DENIED = "42501"  # insufficient_privilege: the proxy's answer to a statement policy denies
 SQLSTATE_HELD = "BH001"  # the bastion's own class "BH": held for review, waiting for an approver
@@ -164,9 +169,12 @@ class Console:
     """One console on one connection: the prompt loop, statements, meta-commands and the pager."""
 
     def __init__(self, conn: SqlConnection, *, user: str, history: History, size: Callable[[], tuple[int, int]],
-                 on_statement: Callable[[str], None] | None = None) -> None:
+                 on_statement: Callable[[str], None] | None = None, wait_request: WaitRequest | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
         self.user = user
+        self._wait_request = wait_request
+        self._clock = clock
         self.settings = Settings()
         self.catalog = Catalog()
         self._size = size
@@ -229,11 +237,33 @@ class Console:
         return sql
 
     async def run_sql(self, sql: str, *, vertical: bool | None = None) -> None:
-        """Run user SQL and show its results."""
+        """Run user SQL and show its results; a held statement waits for its approver, then runs again."""
         self._last_sql = sql
         results = await self.query(sql)
-        if results is not None:
-            await self.output(results, vertical=vertical)
+        if results is None:
+            return
+        await self.output(results, vertical=vertical)
+        held = held_request(results)
+        if held is not None and self._wait_request is not None and not self.settings.leave \
+                and await self._approved(held, self._wait_request):
+            results = await self.query(sql)  # byte-identical: the approval covers exactly this text, once
+            if results is not None:
+                await self.output(results, vertical=vertical)
+
+    async def _approved(self, request_id: str, wait: WaitRequest) -> bool:
+        """Wait for the decision on a held statement (Ctrl-C stops waiting); whether it was approved."""
+        view: RequestView | None = await wait(request_id, 0)  # at once: who was asked, when it expires
+        if view is not None and view.state == waiting.PENDING:
+            view = await waiting.wait_for(view, wait, self._clock)
+        if view is None or view.state == waiting.PENDING:
+            self.show([[("class:sql.hint", stopped(request_id, "run the same statement again once it is "
+                                                               "approved"))]])
+            return False
+        if view.state != "approved":
+            self.show([[("class:sql.denied", decision(view))]])
+            return False
+        self.show([[("class:sql.hint", f"{decision(view)}; running the statement again")]])
+        return True
 
     async def query(self, sql: str) -> list[SqlResult] | None:
         """Execute through the connection; Ctrl-C cancels, a second Ctrl-C abandons (None)."""
@@ -349,10 +379,15 @@ async def _pager_key(keys: KeyReader, height: int) -> int:
 
 
 async def run_console(conn: SqlConnection, *, user: str, history: History, size: Callable[[], tuple[int, int]],
-                      on_statement: Callable[[str], None] | None = None) -> None:
+                      on_statement: Callable[[str], None] | None = None, wait_request: WaitRequest | None = None,
+                      clock: Callable[[], float] = time.time) -> None:
     """Run the SQL console on ``conn`` until ``\\q`` or Ctrl-D, in the caller's prompt-toolkit app session.
 
     ``size()`` gives the terminal's (columns, rows); ``on_statement`` sees each submitted input (SQL
     or meta-command line) before it runs. The caller owns ``conn`` and closes it afterwards.
+    With ``wait_request`` (``ShellContext.wait_request``), a held statement waits for its
+    decision with a countdown (``clock``, the bastion's, runs it) and runs again once approved;
+    without it, the console only shows that the statement is held.
     """
-    await Console(conn, user=user, history=history, size=size, on_statement=on_statement).run()
+    await Console(conn, user=user, history=history, size=size, on_statement=on_statement,
+                  wait_request=wait_request, clock=clock).run()

@@ -132,7 +132,8 @@ def _problem(result: SqlResult) -> list[Line]:
         out += [[("class:sql.denied", f"denied by policy: {result.error or 'no reason given'}")],
                 [("class:sql.hint", DENIED_HINT)]]
     elif result.held:
-        out += [[("class:sql.held", f"held for review: {result.error or 'waiting for approval'}")],
+        request = f" (request {result.request})" if result.request else ""
+        out += [[("class:sql.held", f"held for review{request}: {result.error or 'waiting for approval'}")],
                 [("class:sql.hint", HELD_HINT)]]
     elif result.error is not None:
         out.append([("class:sql.error", f"ERROR: {result.error}")])
@@ -194,18 +195,24 @@ def _unique(columns: Sequence[str]) -> list[str]:
 
 
 def as_json(results: Sequence[SqlResult]) -> list[dict[str, Any]]:
-    """One object per statement: columns, rows as objects, status, error, sqlstate, masked column names."""
+    """One object per statement: columns, rows as objects, status, error, sqlstate, masked column names.
+
+    A held statement also has ``request``: the id of the request an approver decides.
+    """
     out = []
     for r in results:
         keys = _unique(r.columns)
-        out.append({
+        item: dict[str, Any] = {
             "columns": keys,
             "rows": [dict(zip(keys, row, strict=True)) for row in r.rows],
             "status": r.status,
             "error": r.error,
             "sqlstate": r.sqlstate,
             "masked_columns": [keys[i] for i in sorted(r.masked_columns) if i < len(keys)],
-        })
+        }
+        if r.request is not None:
+            item["request"] = r.request
+        out.append(item)
     return out
 
 

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from policies.model import Identity
 from shell.commands import COMMANDS, EXIT_DENIED, EXIT_OK, EXIT_USAGE, commands, parse, run_line
-from shell.context import ConnectOutcome, TargetView
+from shell.context import ConnectOutcome, RequestView, ShellContext, TargetView
+from shell.sql import SqlResult
 
 
 class FakeContext:
-    """A hand-written ShellContext: the commands are pure over it."""
+    """A hand-written ShellContext: the commands are pure over it. Subclasses script the parts a test needs."""
 
     identity = Identity("alice", frozenset({"dev", "ops"}))
     bastion_name = "bastion.test"
     certificate_expires = 1_800_003_600.0
     certificate_serial = 99
+    interactive = False
+
+    def __init__(self) -> None:
+        self.notices: asyncio.Queue[str] = asyncio.Queue()
 
     def now(self) -> float:
         return 1_800_000_000.0
@@ -29,14 +35,50 @@ class FakeContext:
     async def connect(self, name: str) -> ConnectOutcome:
         return ConnectOutcome(EXIT_DENIED, f"denied: {name}")
 
+    async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
+        return ConnectOutcome(EXIT_DENIED, f"denied: {name}")
+
+    async def stdin(self) -> str:
+        return ""
+
+    async def request_access(self, target: str, reason: str, duration: float | None = None, *,
+                             break_glass: bool = False) -> RequestView | ConnectOutcome:
+        return ConnectOutcome(EXIT_DENIED, f"no approval policy covers {target}")
+
+    def requests(self) -> tuple[list[RequestView], list[RequestView]]:
+        return [], []
+
+    async def decide(self, request_id: str, *, approve: bool, text: str) -> RequestView | ConnectOutcome:
+        return ConnectOutcome(EXIT_USAGE, f"no request {request_id}")
+
+    async def cancel_request(self, request_id: str) -> RequestView | ConnectOutcome:
+        return ConnectOutcome(EXIT_USAGE, f"no request {request_id}")
+
+    async def revoke_grant(self, grant_id: str, reason: str) -> ConnectOutcome:
+        return ConnectOutcome(EXIT_USAGE, f"no grant {grant_id}")
+
+    async def wait_request(self, request_id: str, timeout: float | None = None) -> RequestView:
+        raise AssertionError("this test does not wait for a request")
+
 
 def run(line: str):  # type: ignore[no-untyped-def]
     return asyncio.run(run_line(FakeContext(), line))
 
 
+def test_the_fake_is_a_shell_context() -> None:
+    ctx: ShellContext = FakeContext()  # mypy checks the protocol where this file is type-checked
+    assert ctx.interactive is False and ctx.notices.empty()
+
+
 def test_every_command_has_usage_and_summary() -> None:
     for cmd in commands():
         assert cmd.usage.startswith(cmd.name) and cmd.summary.endswith(".")
+
+
+def test_every_command_is_documented() -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "shell.md").read_text()
+    for cmd in commands():
+        assert f"| `{cmd.name}" in reference, f"{cmd.name} is not in docs/shell.md's command table"
 
 
 def test_help_lists_every_command() -> None:
@@ -89,6 +131,7 @@ class SqlContext(FakeContext):
     """Remembers the SQL the `sql` command passes on."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[tuple[str, str]] = []
 
     async def run_sql(self, name: str, sql: str):  # type: ignore[no-untyped-def]

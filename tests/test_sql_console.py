@@ -12,6 +12,7 @@ import asyncio
 import io
 import re
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from prompt_toolkit.application.current import create_app_session, get_app_session
@@ -22,7 +23,9 @@ from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from shell.sql import MORE, SQLSTATE_CANCELED, SQLSTATE_DENIED, SqlResult, run_console
+from shell import waiting
+from shell.context import RequestView
+from shell.sql import MORE, SQLSTATE_CANCELED, SQLSTATE_DENIED, SQLSTATE_HELD, SqlResult, run_console
 from shell.sql_complete import SqlCompleter, catalog_sql, parse_catalog
 from shell.sql_input import parse_meta, split_meta, submits
 from shell.sql_meta import pattern_regexes
@@ -35,6 +38,7 @@ CATALOG = [
     SqlResult(("s",), [("public",)], "SELECT 1"),
 ]
 CANCELED = SqlResult((), [], "", error="canceling statement due to user request", sqlstate=SQLSTATE_CANCELED)
+HELD = SqlResult((), [], "", error='rule "dba-prod": UPDATE needs review', sqlstate=SQLSTATE_HELD, request="r-2")
 
 
 class FakeConnection:
@@ -60,6 +64,8 @@ class FakeConnection:
             self.running.set()
             await self._stop.wait()
             return [CANCELED]
+        if sql.lower().startswith("update"):  # held the first time; once approved, it runs
+            return [HELD] if self.sent.count(sql) == 1 else [SqlResult((), [], "UPDATE 1")]
         if sql.lower().startswith("delete"):
             return [SqlResult((), [], "", error='rule "no-bulk-delete": DELETE without WHERE is denied',
                               sqlstate=SQLSTATE_DENIED)]
@@ -97,6 +103,40 @@ class FakeConnection:
     def user_sql(self) -> list[str]:
         """What was sent besides the completion catalog."""
         return [s for s in self.sent if s != catalog_sql("postgres")]
+
+
+T0 = 1_800_000_000.0
+T = TypeVar("T")
+
+
+class Reviewer:
+    """Stands in for ShellContext.wait_request: r-2 stays pending until the test decides it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float | None]] = []
+        self.release = asyncio.Event()
+        self.state, self.by, self.why = "pending", "", ""
+        self.cancelled = False
+
+    def view(self) -> RequestView:
+        return RequestView(id="r-2", kind="statement", requester="alice", target="pg-demo", reason="review",
+                           state=self.state, created=T0, expires=T0 + 90, duration=600.0, approvers="user carol",
+                           needed=1, approved_by=(self.by,) if self.state == "approved" else (),
+                           decided_by=self.by or None, decision_reason=self.why or None)
+
+    def decide(self, state: str, by: str, why: str = "") -> None:
+        self.state, self.by, self.why = state, by, why
+        self.release.set()
+
+    async def __call__(self, request_id: str, timeout: float | None = None) -> RequestView:
+        self.calls.append((request_id, timeout))
+        if timeout != 0:
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        return self.view()
 
 
 Script = Callable[["Terminal"], Awaitable[None]]
@@ -138,26 +178,34 @@ def buffer() -> str:
     return "" if app is None else app.current_buffer.text
 
 
-def drive(script: Script, conn: FakeConnection | None = None, size: tuple[int, int] = (80, 24),
-          statements: list[str] | None = None) -> tuple[FakeConnection, str]:
-    """Run the console with a script typing into it; the connection and the screen text."""
+def in_terminal(run_it: Callable[[], Awaitable[T]], script: Script,
+                size: tuple[int, int] = (80, 24)) -> tuple[T, str]:
+    """Run ``run_it`` in a prompt-toolkit app session with ``script`` typing into it; its value and the screen."""
 
-    async def main() -> tuple[FakeConnection, str]:
-        db = conn or FakeConnection()
+    async def main() -> tuple[T, str]:
         screen = io.StringIO()
         with create_pipe_input() as pipe:
             output = Vt100_Output(screen, lambda: Size(rows=size[1], columns=size[0]), term="xterm",
                                   enable_cpr=False)
             with create_app_session(input=pipe, output=output):
                 term = Terminal(pipe, screen)
-                console = asyncio.ensure_future(run_console(
-                    db, user="alice", history=InMemoryHistory(), size=lambda: size,
-                    on_statement=None if statements is None else statements.append))
+                task = asyncio.ensure_future(run_it())
                 await script(term)
-                await asyncio.wait_for(console, 10)
-        return db, term.text
+                value = await asyncio.wait_for(task, 10)
+        return value, term.text
 
     return asyncio.run(main())
+
+
+def drive(script: Script, conn: FakeConnection | None = None, size: tuple[int, int] = (80, 24),
+          statements: list[str] | None = None, reviewer: Reviewer | None = None) -> tuple[FakeConnection, str]:
+    """Run the console with a script typing into it; the connection and the screen text."""
+    db = conn or FakeConnection()
+    _, screen = in_terminal(lambda: run_console(
+        db, user="alice", history=InMemoryHistory(), size=lambda: size,
+        on_statement=None if statements is None else statements.append, wait_request=reviewer,
+        clock=lambda: T0), script, size)
+    return db, screen
 
 
 def typing(*inputs: str) -> Script:
@@ -380,3 +428,69 @@ def test_where_input_ends() -> None:
     assert parse_meta("\\dt+ public.*") == ("dt", "public.*")
     assert parse_meta("\\!ls -l") == ("!", "ls -l")
     assert pattern_regexes('Public."MyTable"*') == ("^(public)$", "^(MyTable.*)$")
+
+
+UPDATE = "update invoices set total = 0 where id = 42;"
+
+
+def countdown_shown(text: str) -> bool:
+    return "waiting for approval: 1:30 left (Ctrl-C stops waiting)" in text
+
+
+def test_a_held_statement_waits_with_a_countdown_and_runs_again_once_approved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(waiting, "TICK", 0.02)
+    reviewer = Reviewer()
+
+    async def script(term: Terminal) -> None:
+        await term.type(UPDATE + "\r")
+        await term.until(lambda: countdown_shown(term.text), "the countdown")
+        reviewer.decide("approved", "carol")
+        await term.until(lambda: "UPDATE 1" in term.text)
+        await term.type("\\q\r")
+
+    conn, screen = drive(script, reviewer=reviewer)
+    assert conn.user_sql == [UPDATE, UPDATE]  # held, then exactly the same text once more
+    assert reviewer.calls == [("r-2", 0), ("r-2", None)]  # who was asked at once, then the wait
+    assert 'held for review (request r-2): rule "dba-prod": UPDATE needs review' in screen
+    assert "asked: user carol (1 approval needed)" in screen
+    assert screen.index("request r-2 was approved by carol; running the statement again") < screen.index("UPDATE 1")
+
+
+def test_ctrl_c_stops_waiting_for_a_held_statement_and_the_console_goes_on() -> None:
+    reviewer = Reviewer()
+
+    async def script(term: Terminal) -> None:
+        await term.type(UPDATE + "\r")
+        await term.until(lambda: countdown_shown(term.text), "the countdown")
+        term.pipe.send_text("\x03")
+        await term.until(lambda: "stays pending" in term.text)
+        await term.type("select 1;\r")
+        await term.until(lambda: "(1 row)" in term.text)
+        await term.type("\\q\r")
+
+    conn, screen = drive(script, reviewer=reviewer)
+    assert conn.user_sql == [UPDATE, "select 1;"] and conn.cancels == 0  # nothing re-run, nothing cancelled
+    assert reviewer.cancelled
+    assert "stopped waiting; request r-2 stays pending (`requests` shows it, `cancel r-2` withdraws it)" in screen
+
+
+def test_a_denied_held_statement_shows_the_reason_and_does_not_run() -> None:
+    reviewer = Reviewer()
+
+    async def script(term: Terminal) -> None:
+        await term.type(UPDATE + "\r")
+        await term.until(lambda: countdown_shown(term.text), "the countdown")
+        reviewer.decide("denied", "carol", "use the replica")
+        await term.until(lambda: "use the replica" in term.text)
+        await term.type("\\q\r")
+
+    conn, screen = drive(script, reviewer=reviewer)
+    assert conn.user_sql == [UPDATE]
+    assert "request r-2 was denied by carol: use the replica" in screen
+
+
+def test_without_a_waiter_a_held_statement_is_only_shown() -> None:
+    conn, screen = drive(typing(UPDATE + "\r", "\\q\r"))
+    assert conn.user_sql == [UPDATE]
+    assert "held for review (request r-2)" in screen and "waiting for approval" not in screen
