@@ -362,6 +362,32 @@ def sql_refused(target: str, outcome: ConnectOutcome) -> Result:
     return result
 
 
+async def request_for_sql(ctx: ShellContext, target: str, reason: str, wait: bool,
+                          timeout: float | None) -> Result | None:
+    """``sql`` on an approval target: file (or find) my access request; None once a grant exists.
+
+    Without ``--wait`` this exits 4 naming the request; with it, it waits for the decision.
+    """
+    mine, _ = ctx.requests()
+    pending = next((v for v in mine if v.target == target and v.kind == "access" and v.state == "pending"), None)
+    if pending is None:
+        filed = await ctx.request_access(target, reason)  # the policy decides whether a reason is required
+        if isinstance(filed, ConnectOutcome):
+            return _refused(filed)
+        pending = filed
+    if not wait:
+        return Result(EXIT_APPROVAL, error=f"{target} needs an approved request: request {pending.id} is pending "
+                                           f"({asked(pending)}); run this again once it is approved, "
+                                           "or add --wait to wait for the decision")
+    view = await ctx.wait_request(pending.id, timeout)
+    if view.state == "pending":
+        waited = "" if timeout is None else f" after {render.duration(timeout)}"
+        return Result(EXIT_APPROVAL, error=f"request {pending.id} is still pending{waited}")
+    if view.state != "approved":
+        return Result(EXIT_DENIED, error=decision(view))
+    return None
+
+
 async def wait_and_rerun(ctx: ShellContext, target: str, sql: str, request_id: str,
                          timeout: float | None) -> list[SqlResult] | Result:
     """``sql --wait``: wait for the held statement's decision, then run the byte-identical SQL once more."""

@@ -174,13 +174,25 @@ async def _connect(ctx: ShellContext, args: Args) -> Result:
     return Result(outcome.code, error=outcome.message)
 
 
-SQL_USAGE = "sql TARGET [--format table|json|csv] [--wait [DURATION]] [SQL]"
+SQL_USAGE = "sql TARGET [--format table|json|csv] [--reason TEXT] [--wait [DURATION]] [SQL]"
 
 
 def _next_word(text: str) -> tuple[str, str]:
     """The first whitespace-separated word of ``text`` and the rest, verbatim."""
     match = re.match(r"\s*(\S+)\s?", text)
     return (match.group(1), text[match.end():]) if match else ("", "")
+
+
+def _quoted_word(text: str) -> tuple[str, str]:
+    """The first shell word of ``text`` (quotes honoured) and the rest, verbatim."""
+    match = re.match(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|\S+)\s?""", text)
+    if not match:
+        return "", ""
+    try:
+        words = shlex.split(match.group(1))
+    except ValueError:
+        words = [match.group(1)]
+    return (words[0] if words else ""), text[match.end():]
 
 
 def _sql_text(rest: str) -> str:
@@ -198,7 +210,7 @@ async def _sql(ctx: ShellContext, args: Args) -> Result:
     from .sql import exit_code  # shell.sql imports this module
     from .sqlrender import diagnostics, render
 
-    rest, fmt, target = args.positional[0], "table", ""
+    rest, fmt, target, reason = args.positional[0], "table", "", ""
     wait, timeout = False, None
     while True:
         word, after = _next_word(rest)
@@ -206,6 +218,8 @@ async def _sql(ctx: ShellContext, args: Args) -> Result:
             fmt, rest = _next_word(after)
             if fmt not in ("table", "json", "csv"):
                 return Result(EXIT_USAGE, error=f"--format takes table, json or csv; usage: {SQL_USAGE}")
+        elif word == "--reason":  # for the access request an approval target needs; quoted in the shell
+            reason, rest = _quoted_word(after)
         elif word == "--wait":  # an optional DURATION: the next word, if it reads as one
             wait, rest = True, after
             value, after = _next_word(after)
@@ -225,6 +239,12 @@ async def _sql(ctx: ShellContext, args: Args) -> Result:
     if not sql.strip():
         return Result(EXIT_USAGE, error="no SQL given, neither as an argument nor on stdin")
     outcome = await ctx.run_sql(target, sql)
+    if isinstance(outcome, ConnectOutcome) and outcome.code == EXIT_APPROVAL:
+        # An approval target without a grant: ask for access (an agent's tool call may wait for it).
+        granted = await access.request_for_sql(ctx, target, reason, wait, timeout)
+        if isinstance(granted, Result):
+            return granted
+        outcome = await ctx.run_sql(target, sql)
     if isinstance(outcome, ConnectOutcome):
         return access.sql_refused(target, outcome)
     held = access.held_request(outcome)

@@ -357,11 +357,49 @@ def test_sql_wait_that_times_out_exits_4() -> None:
     assert len(ctx.sql) == 1
 
 
-def test_sql_on_an_approval_target_says_how_to_ask() -> None:
+def test_sql_on_an_approval_target_points_at_my_pending_request() -> None:
     ctx = AccessContext()
     ctx.sql_refusal = ConnectOutcome(EXIT_APPROVAL, "pg-prod needs an approved request")
     result = run("sql pg-prod select 1", ctx)
-    assert result.code == EXIT_APPROVAL and "request pg-prod --reason" in result.error
+    assert result.code == EXIT_APPROVAL and "request r-1 is pending" in result.error
+    assert ctx.filed == []  # r-1 already asks for pg-prod: no second request
+
+
+class NoRequestYet(AccessContext):
+    """No request of mine is pending; the target answers once access is granted."""
+
+    def requests(self) -> tuple[list[RequestView], list[RequestView]]:
+        return [], []
+
+    async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
+        self.sql.append((name, sql))
+        if not (self.waits and self.decision.state == "approved"):  # granted once a wait saw the approval
+            return ConnectOutcome(EXIT_APPROVAL, f"{name} needs an approved request")
+        return [SqlResult(("n",), [("1",)], "SELECT 1")]
+
+
+def test_sql_on_an_approval_target_files_a_request_with_its_reason() -> None:
+    ctx = NoRequestYet()
+    result = run("sql pg-prod --reason 'agent task 7' select 1", ctx)
+    assert ctx.filed == [("pg-prod", "agent task 7", None, False)]
+    assert result.code == EXIT_APPROVAL and "request r-1 is pending" in result.error
+    assert ctx.sql == [("pg-prod", "select 1")]
+
+
+def test_sql_wait_on_an_approval_target_runs_once_the_grant_exists() -> None:
+    ctx = NoRequestYet()
+    ctx.decide_now(APPROVED)
+    result = run("sql pg-prod --wait 5m --reason ticket select 1", ctx)
+    assert result.code == EXIT_OK and "1" in result.text
+    assert ctx.waits == [("r-1", 300.0)] and len(ctx.sql) == 2
+
+
+def test_sql_wait_reports_a_denied_access_request() -> None:
+    ctx = NoRequestYet()
+    ctx.decide_now(DENIED)
+    result = run("sql pg-prod --wait select 1", ctx)
+    assert result.code == EXIT_DENIED and "not during the freeze" in result.error
+    assert len(ctx.sql) == 1
 
 
 def test_the_new_commands_complete_targets_and_options() -> None:

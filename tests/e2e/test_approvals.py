@@ -169,8 +169,8 @@ def shell(client: Client, user: str) -> pexpect.spawn:
 def test_request_notify_approve_connect_and_the_grant_ends_the_session(jit: Bastion, alice: Client, bob: Client,
                                                                       receiver: Receiver) -> None:
     approver = shell(bob, "bob")
-    refused = alice.ssh("alice", "sql", "pg-prod", "select 1")
-    assert refused.returncode == 4 and "request pg-prod" in refused.stderr
+    refused = alice.ssh("alice", "sql", "pg-prod", "select 1")  # no grant, and no reason to file a request
+    assert refused.returncode == 3 and "requires a reason" in refused.stderr
 
     started = time.monotonic()
     filed = request(alice, "alice", "pg-prod", "--reason", "ticket 42: fix the stuck export", "--for", "8s")
@@ -224,6 +224,31 @@ def test_two_approvals_are_needed_when_the_policy_says_two(alice: Client, bob: C
     assert bob.ssh("bob", "approve", rid).returncode == 3  # nor is the same person twice
     assert dana.ssh("dana", "approve", rid).returncode == 0
     assert alice.ssh("alice", "sql", "pg-two", "select 1").returncode == 0
+
+
+def test_an_agent_asks_for_access_and_waits_inside_one_sql_call(jit: Bastion, tmp_path: Path,
+                                                                oidc_issuer: OidcIssuer, bob: Client,
+                                                                dana: Client) -> None:
+    agent = person(jit, tmp_path, oidc_issuer, "agent-7", ["dev"])  # no grant from the other tests
+    waiting = subprocess.Popen([*agent.ssh_args("agent-7"), "sql", "pg-two", "--format", "json", "--reason",
+                                shlex.quote("agent: nightly reconciliation"), "--wait", "60s",
+                                shlex.quote("select count(*) as n from accounts")],
+                               env=agent.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    rid = ""
+    deadline = time.monotonic() + 15
+    while not rid and time.monotonic() < deadline:
+        listing = json.loads(bob.ssh("bob", "requests", "--json").stdout)
+        found = [r for r in listing["to_decide"] if r["reason"] == "agent: nightly reconciliation"]
+        rid = found[0]["id"] if found else ""
+        time.sleep(0.2)
+    assert rid, "the agent's access request never appeared for the approver"
+    assert bob.ssh("bob", "approve", rid).returncode == 0
+    assert waiting.poll() is None  # pg-two needs two approvers: still waiting
+    assert dana.ssh("dana", "approve", rid).returncode == 0
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert json.loads(out)[0]["rows"][0]["n"] in (3, "3")
 
 
 def test_a_denial_reaches_the_waiting_requester_with_its_reason(alice: Client, bob: Client) -> None:
