@@ -239,3 +239,35 @@ def test_bound_values_of_masked_columns_stay_out_of_the_audit(alice: Client, sho
     for name in ("audit.db", "audit.db-wal"):
         path = shop.state / name
         assert not path.exists() or b"eve.secret" not in path.read_bytes(), name
+
+
+def test_psycopg_binary_mode_and_prepared_statements_over_the_ssh_forward(alice: Client) -> None:
+    import psycopg
+
+    port = _free_port()
+    forward = subprocess.Popen([*alice.ssh_args("alice", "-N", "-L", f"{port}:pg-shop:5432")],
+                               env=alice.env(), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable",
+                                       connect_timeout=5, autocommit=True)
+                break
+            except psycopg.OperationalError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        with conn, conn.cursor(binary=True) as cur:
+            for customer in (1, 2, 1):  # the third run reuses the server-side prepared statement
+                cur.execute("SELECT id, email, card FROM customers WHERE id = %s", (customer,), prepare=True)
+                row = cur.fetchone()
+                assert row is not None and row[0] == customer
+                assert row[1].startswith("****@") and "[REDACTED]" in row[2]
+            assert cur.pgresult is not None and cur.pgresult.fformat(0) == 1  # binary results, really
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="shop.guardrails"):
+                cur.execute("DELETE FROM customers", prepare=True)
+            cur.execute("SELECT count(*) FROM orders WHERE customer = %s", (1,), prepare=True)
+            assert cur.fetchone() == (2,)  # the session survived the refusal
+    finally:
+        forward.terminate()
+        forward.wait(10)
