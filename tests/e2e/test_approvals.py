@@ -349,3 +349,28 @@ def test_break_glass_grants_at_once_loudly_and_is_listed_for_review(jit: Bastion
     assert "BREAK-GLASS" in used.detail["flag"] and used.detail["reason"] == "db on fire"
     listed = bastion_cli("break-glass", "-c", str(jit.config))
     assert listed.returncode == 0 and "olga" in listed.stdout and "db on fire" in listed.stdout
+
+
+def test_connect_offers_a_request_waits_with_a_countdown_and_connects_once_approved(
+        jit: Bastion, tmp_path: Path, oidc_issuer: OidcIssuer, bob: Client) -> None:
+    pia = person(jit, tmp_path, oidc_issuer, "pia", ["dev"])
+    term = shell(pia, "pia")
+    term.sendline("connect pg-prod")
+    term.expect("Reason for a request for pg-prod")
+    term.sendline("ticket 77: read the audit table")
+    term.expect("For how long")
+    term.sendline("20m")
+    term.expect(r"request (r-[\w-]+) filed")
+    rid = term.match.group(1)
+    term.expect("waiting for approval")  # the countdown line
+    assert bob.ssh("bob", "approve", rid).returncode == 0
+    term.expect("connecting to pg-prod", timeout=10)
+    term.expect("pg-prod", timeout=10)  # the console's prompt names the target
+    term.sendline("select owner from accounts where id = 2;")
+    term.expect("bob")
+    term.sendline("\\q")
+    term.expect("back in the bastion shell")
+    term.sendline("exit")
+    term.expect(pexpect.EOF)
+    grant = jit.wait_event("grant.created", lambda e: e.detail.get("request") == rid)
+    assert grant.user == "pia" and grant.detail["ends"] - grant.detail["starts"] == pytest.approx(1200, abs=1)
