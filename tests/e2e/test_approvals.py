@@ -374,3 +374,22 @@ def test_connect_offers_a_request_waits_with_a_countdown_and_connects_once_appro
     term.expect(pexpect.EOF)
     grant = jit.wait_event("grant.created", lambda e: e.detail.get("request") == rid)
     assert grant.user == "pia" and grant.detail["ends"] - grant.detail["starts"] == pytest.approx(1200, abs=1)
+
+
+def test_revoking_a_grant_ends_the_session_under_it_within_seconds(jit: Bastion, tmp_path: Path,
+                                                                   oidc_issuer: OidcIssuer, bob: Client) -> None:
+    rex = person(jit, tmp_path, oidc_issuer, "rex", ["dev"])
+    rid = request(rex, "rex", "pg-prod", "--reason", "look at one row")["id"]
+    approved = bob.ssh("bob", shlex.join(["approve", rid, "--json"]))
+    assert approved.returncode == 0, approved.stderr
+    grant = json.loads(approved.stdout)["grant"]
+    term = shell(rex, "rex")
+    term.sendline("connect pg-prod")
+    term.expect("pg-prod")
+    started = time.monotonic()
+    assert bob.ssh("bob", shlex.join(["revoke", grant, "--reason", "done for today"])).returncode == 0
+    term.expect(f"grant {grant} was revoked by bob: done for today", timeout=10)
+    term.expect(pexpect.EOF, timeout=10)
+    assert time.monotonic() - started < 5
+    after = rex.ssh("rex", "sql", "pg-prod", "select 1")  # no grant any more: it would need a new request
+    assert after.returncode == 3 and "requires a reason" in after.stderr
