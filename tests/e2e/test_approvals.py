@@ -14,7 +14,7 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -159,6 +159,18 @@ def request(client: Client, user: str, *args: str) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
+def awaiting(approver: Client, user: str, match: Callable[[dict[str, Any]], bool]) -> str:
+    """The id of the first request waiting for ``approver`` that ``match`` picks, once it appears."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        listing = json.loads(approver.ssh(user, "requests", "--json").stdout)
+        found = [r for r in listing["to_decide"] if match(r)]
+        if found:
+            return str(found[0]["id"])
+        time.sleep(0.2)
+    raise AssertionError("the request never appeared for the approver")
+
+
 def shell(client: Client, user: str) -> pexpect.spawn:
     args = client.ssh_args(user, "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
     term = pexpect.spawn(args[0], args[1:], env=client.env(), encoding="utf-8", timeout=15, dimensions=(30, 160))
@@ -235,14 +247,7 @@ def test_an_agent_asks_for_access_and_waits_inside_one_sql_call(jit: Bastion, tm
                                 shlex.quote("select count(*) as n from accounts")],
                                env=agent.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    rid = ""
-    deadline = time.monotonic() + 15
-    while not rid and time.monotonic() < deadline:
-        listing = json.loads(bob.ssh("bob", "requests", "--json").stdout)
-        found = [r for r in listing["to_decide"] if r["reason"] == "agent: nightly reconciliation"]
-        rid = found[0]["id"] if found else ""
-        time.sleep(0.2)
-    assert rid, "the agent's access request never appeared for the approver"
+    rid = awaiting(bob, "bob", lambda r: r["reason"] == "agent: nightly reconciliation")
     assert bob.ssh("bob", "approve", rid).returncode == 0
     assert waiting.poll() is None  # pg-two needs two approvers: still waiting
     assert dana.ssh("dana", "approve", rid).returncode == 0
@@ -256,14 +261,7 @@ def test_a_denial_reaches_the_waiting_requester_with_its_reason(alice: Client, b
                                 shlex.quote("UPDATE accounts SET frozen = true WHERE id = 3")],
                                env=alice.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    rid = ""
-    deadline = time.monotonic() + 15
-    while not rid and time.monotonic() < deadline:
-        listing = json.loads(bob.ssh("bob", "requests", "--json").stdout)
-        pending = [r for r in listing["to_decide"] if (r["statement"] or "").endswith("WHERE id = 3")]
-        rid = pending[0]["id"] if pending else ""
-        time.sleep(0.2)
-    assert rid, "the held statement's request never appeared for the approver"
+    rid = awaiting(bob, "bob", lambda r: (r["statement"] or "").endswith("WHERE id = 3"))
     assert bob.ssh("bob", shlex.join(["deny", rid, "--reason", "freeze needs a ticket"])).returncode == 0
     out, err = waiting.communicate(timeout=20)
     assert waiting.returncode == 3, (out, err)
@@ -366,8 +364,8 @@ def test_connect_offers_a_request_waits_with_a_countdown_and_connects_once_appro
     assert bob.ssh("bob", "approve", rid).returncode == 0
     term.expect("connecting to pg-prod", timeout=10)
     term.expect("pg-prod", timeout=10)  # the console's prompt names the target
-    term.sendline("select owner from accounts where id = 2;")
-    term.expect("bob")
+    term.sendline("select owner || '-seen' as o from accounts where id = 3;")
+    term.expect("cy-seen")
     term.sendline("\\q")
     term.expect("back in the bastion shell")
     term.sendline("exit")

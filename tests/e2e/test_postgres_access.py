@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
@@ -164,6 +165,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def forwarded_psycopg(port: int, **kwargs: Any) -> Any:
+    """A psycopg connection through an ``ssh -L`` that may still be starting."""
+    import psycopg
+
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable",
+                                   connect_timeout=5, **kwargs)
+        except psycopg.OperationalError:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+
 def test_native_psql_over_ssh_forward(alice: Client, shop: Bastion, pg_server) -> None:  # type: ignore[no-untyped-def]
     port = _free_port()
     forward = subprocess.Popen([*alice.ssh_args("alice", "-N", "-L", f"{port}:pg-shop:5432")],
@@ -211,21 +226,12 @@ def test_the_target_password_never_leaves_the_bastion(alice: Client, shop: Basti
 
 
 def test_bound_values_of_masked_columns_stay_out_of_the_audit(alice: Client, shop: Bastion, pg_server) -> None:  # type: ignore[no-untyped-def]
-    import psycopg
 
     port = _free_port()
     forward = subprocess.Popen([*alice.ssh_args("alice", "-N", "-L", f"{port}:pg-shop:5432")],
                                env=alice.env(), stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                conn = psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable",
-                                       connect_timeout=5)
-                break
-            except psycopg.OperationalError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        conn = forwarded_psycopg(port)
         with conn:
             conn.execute("INSERT INTO customers VALUES (%s, %s, %s, %s)",
                          (7, "Eve", "eve.secret@example.com", "none"))
@@ -248,15 +254,7 @@ def test_psycopg_binary_mode_and_prepared_statements_over_the_ssh_forward(alice:
     forward = subprocess.Popen([*alice.ssh_args("alice", "-N", "-L", f"{port}:pg-shop:5432")],
                                env=alice.env(), stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                conn = psycopg.connect(f"host=127.0.0.1 port={port} user=x dbname=y sslmode=disable",
-                                       connect_timeout=5, autocommit=True)
-                break
-            except psycopg.OperationalError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        conn = forwarded_psycopg(port, autocommit=True)
         with conn, conn.cursor(binary=True) as cur:
             for customer in (1, 2, 1):  # the third run reuses the server-side prepared statement
                 cur.execute("SELECT id, email, card FROM customers WHERE id = %s", (customer,), prepare=True)
