@@ -150,6 +150,12 @@ class Approvals:
             args += [active_at, active_at]
         return self._rows.grants(" AND ".join(where), args)
 
+    def pending_count(self, now: float) -> int:
+        """How many requests wait for a decision and have not expired."""
+        row = self._conn.execute("SELECT count(*) FROM requests WHERE state = ? AND expires > ?",
+                                 (State.PENDING.value, now)).fetchone()
+        return int(row[0])
+
     def ended_among(self, grant_ids: set[str], now: float) -> set[str]:
         """Which of these grants are over (expired or revoked): one query, for the live-session watchdog."""
         if not grant_ids:

@@ -128,6 +128,16 @@ async def metrics(request: web.Request) -> web.Response:
         "# TYPE bastion_sessions gauge",
         f"bastion_sessions {sum(runtime.sessions_per_user.values())}",
     ]
+    if runtime.approvals is not None:
+        now = runtime.clock()
+        lines += [
+            "# HELP bastion_requests_pending Access and statement requests waiting for a decision.",
+            "# TYPE bastion_requests_pending gauge",
+            f"bastion_requests_pending {runtime.approvals.pending_count(now)}",
+            "# HELP bastion_grants_active Grants in force now.",
+            "# TYPE bastion_grants_active gauge",
+            f"bastion_grants_active {len(runtime.approvals.grants(active_at=now))}",
+        ]
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 

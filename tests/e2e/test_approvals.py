@@ -332,6 +332,11 @@ def test_restart_loses_no_request_or_grant(jit: Bastion, alice: Client, bob: Cli
     assert (states[pending], states[granted]) == ("pending", "approved")
     assert pending in strip_ansi(bob.ssh("bob", "requests").stdout)
     assert alice.ssh("alice", "sql", "pg-prod", "select 1").returncode == 0  # the grant outlived the restart
+    import requests
+
+    metrics = dict(line.split(" ") for line in requests.get(f"{jit.url}/metrics", timeout=5).text.splitlines()
+                   if line.startswith("bastion_"))
+    assert int(metrics["bastion_requests_pending"]) >= 1 and int(metrics["bastion_grants_active"]) >= 1
 
 
 def test_break_glass_grants_at_once_loudly_and_is_listed_for_review(jit: Bastion, tmp_path: Path,
