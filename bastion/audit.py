@@ -194,6 +194,11 @@ class AuditStore:
                 return
             self._flush_timer = loop.call_later(FLUSH_DELAY, self._timed_flush)
 
+    @property
+    def failure(self) -> Exception | None:
+        """Why the last batch could not be written, while that lasts; None when the store takes writes."""
+        return self._failure
+
     def _timed_flush(self) -> None:
         self._flush_timer = None
         try:

@@ -114,6 +114,9 @@ class PolicyInspector:
 
     def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         """Judge one Query or Parse message (several statements in it are judged together)."""
+        if self._store.failure is not None:  # nothing runs that could not be audited
+            return StatementVerdict(StatementEffect.DENY, "bastion",
+                                    "the audit trail cannot be written right now, so nothing runs; try again shortly")
         try:
             statements = [resolve_execute(s, self._prepared) for s in SHAPES.classify(sql)]
         except SqlError as e:

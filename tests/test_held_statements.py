@@ -128,3 +128,26 @@ def test_without_approvals_review_is_refused_without_a_request(tmp_path: Path) -
     verdict = inspector.check(UPDATE)
     assert verdict.effect is StatementEffect.REVIEW and verdict.request is None
     assert "approvals are not available" in verdict.reason
+
+
+def test_nothing_runs_while_the_audit_trail_cannot_be_written(world) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import sqlite3
+
+    inspector, _, store, _ = world
+
+    async def main() -> None:
+        store.defer("sql.statement", sql="SELECT 1")
+        store._conn.execute("PRAGMA busy_timeout = 50")
+        blocker = sqlite3.connect(store.path, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(Exception, match="cannot write"):
+            store.flush()
+        refused = inspector.check("SELECT 1")
+        assert refused.effect is StatementEffect.DENY and "audit trail cannot be written" in refused.reason
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        store.flush()
+        assert inspector.check("SELECT 1").allowed
+
+    asyncio.run(main())
