@@ -55,8 +55,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     options = InitOptions(Path(args.dir), args.oidc_issuer, args.oidc_client_id, args.ssh_listen, args.http_listen)
     path = initialise(options)
-    print(f"Wrote {path} and keys in {path.parent / 'state' / 'keys'}.")
+    keys = path.parent / "state" / "keys"
+    print(f"Wrote {path} and keys in {keys}.")
+    print(f"SSH targets trust the bastion through TrustedUserCAKeys: put {keys / 'target_ca.pub'} there "
+          f"(`bastion target-ca -c {path}` prints it).")
     print(f"Check it with: bastion check-config -c {path}")
+    return 0
+
+
+def cmd_target_ca(args: argparse.Namespace) -> int:
+    """Print the target CA's public key line, for a target's TrustedUserCAKeys."""
+    from .keys import target_ca_line
+
+    print(target_ca_line(_config(args).state_dir))
     return 0
 
 
@@ -170,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _with_config(add("check-config", cmd_check_config,
                      "Validate a config file and report the first problem with file:line."))
+
+    _with_config(add("target-ca", cmd_target_ca,
+                     "Print the target CA's public key: the line an SSH target's sshd trusts in TrustedUserCAKeys."))
 
     p = add("serve", cmd_serve, "Run the bastion daemon (SSH and HTTP listeners).")
     _with_config(p)

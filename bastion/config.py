@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncssh
+
 from bastion.config_policies import TARGET_KINDS, load_policies
 from bastion.config_schema import (
     Node,
@@ -138,6 +140,10 @@ class TargetConfig:
     database: str | None = None
     user: str | None = None
     password: SecretRef | None = None
+    login: str | None = None               # ssh: the account the bastion logs in to on the target
+    host_key: str | None = None            # ssh: the target's pinned host public key, one OpenSSH line
+    host_ca: str | None = None             # ssh: or the CA that signs the target's host certificate
+    identity: SecretRef | None = None      # ssh: a private key, for hosts that cannot trust the target CA
 
     @property
     def target(self) -> Target:
@@ -405,18 +411,61 @@ def _secret(node: Node, base: Path) -> SecretRef:
     return SecretRef(env=env.text())
 
 
+_SSH_KEYS = ("login", "host_key", "host_ca", "identity")
+
+
+def _public_key(node: Node, base: Path) -> str:
+    """A public key, written inline in OpenSSH one-line format or as ``{file: PATH}``; normalised."""
+    if node.is_mapping:
+        path = _path(node.fields(("file",), required=("file",))["file"], base)
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise node.error(f"cannot read public key file {path}: {getattr(e, 'strerror', None) or e}") from e
+    else:
+        text = node.text()
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if len(lines) != 1:
+        raise node.error("expected one public key in OpenSSH format (ssh-ed25519 AAAA...), inline or {file: PATH}")
+    try:
+        key = asyncssh.import_public_key(lines[0])
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise node.error(f"expected a public key in OpenSSH format (ssh-ed25519 AAAA...): {e}") from e
+    algorithm, blob = key.export_public_key("openssh").decode().split()[:2]  # the comment is not the key
+    return f"{algorithm} {blob}"
+
+
+def _ssh_fields(f: dict[str, Node], kind: str, base: Path) -> dict[str, Any]:
+    """The SSH target keys: login, and at most one of host_key and host_ca (connecting needs one)."""
+    present = [key for key in _SSH_KEYS if key in f]
+    if kind != "ssh":
+        if present:
+            raise f[present[0]].error(f"only ssh targets take {present[0]}", at_key=True)
+        return {}
+    if "host_key" in f and "host_ca" in f:
+        raise f["host_ca"].error("expected one of host_key or host_ca, not both", at_key=True)
+    return {
+        "login": f["login"].name() if "login" in f else None,
+        "host_key": _public_key(f["host_key"], base) if "host_key" in f else None,
+        "host_ca": _public_key(f["host_ca"], base) if "host_ca" in f else None,
+        "identity": _secret(f["identity"], base) if "identity" in f else None,
+    }
+
+
 def _target(name: str, node: Node, base: Path) -> TargetConfig:
-    keys = ("kind", "address", "labels", "description", "database", "user", "password")
+    keys = ("kind", "address", "labels", "description", "database", "user", "password", *_SSH_KEYS)
     f = node.fields(keys, required=("kind", "address"))
+    kind = f["kind"].choice(TARGET_KINDS)
     return TargetConfig(
         name=name,
-        kind=f["kind"].choice(TARGET_KINDS),
+        kind=kind,
         address=f["address"].parse(host_port),
         labels=f["labels"].labels() if "labels" in f else {},
         description=f["description"].text() if "description" in f else "",
         database=f["database"].name() if "database" in f else None,
         user=f["user"].name() if "user" in f else None,
         password=_secret(f["password"], base) if "password" in f else None,
+        **_ssh_fields(f, kind, base),
     )
 
 

@@ -20,9 +20,11 @@ from policies.model import (
     StatementEffect,
     Subjects,
     TargetSelector,
+    TransferRule,
 )
 from policies.pgtypes import compile_glob
 from policies.sql import KINDS
+from policies.transfer import PathError, normalise
 
 TARGET_KINDS = ("postgres", "mysql", "kubernetes", "ssh")
 
@@ -64,7 +66,8 @@ def _approval(node: Node) -> ApprovalRule:
 
 
 def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_hash_key: bool) -> Policy:
-    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval", "guardrails", "masking")
+    keys = ("name", "subjects", "targets", "access", "port_forwarding", "approval", "guardrails", "masking",
+            "transfer")
     f = node.fields(keys, required=("name", "subjects", "targets", "access"))
     name = f["name"].name()
     if name in seen:
@@ -77,15 +80,18 @@ def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_
                        for i, item in enumerate(f["guardrails"].items())) if "guardrails" in f else ()
     # The approval block names who approves access, and who reviews statements a guardrail holds.
     reviews = any(g.effect is StatementEffect.REVIEW for g in guardrails)
-    if (access is Access.APPROVAL or reviews) and "approval" not in f:
-        why = "access is approval" if access is Access.APPROVAL else "a guardrail has effect review"
+    transfer = _transfer(f["transfer"]) if "transfer" in f else None
+    approved_transfers = transfer is not None and transfer.approval
+    if (access is Access.APPROVAL or reviews or approved_transfers) and "approval" not in f:
+        why = ("access is approval" if access is Access.APPROVAL else "a guardrail has effect review" if reviews
+               else "transfer.approval is true")
         raise ConfigError(node.file, node.key_line, f"{node.key}.approval",
                           f"required when {why}: it names the approvers")
     if access is Access.DENY and "approval" in f:
         raise f["approval"].error("not allowed when access is deny", at_key=True)
-    if access is Access.ALLOW and "approval" in f and not reviews:
+    if access is Access.ALLOW and "approval" in f and not (reviews or approved_transfers):
         raise f["approval"].error("allowed only when access is approval or a guardrail has effect review "
-                                  "(access is allow)", at_key=True)
+                                  "(access is allow), or when transfer.approval is true", at_key=True)
     return Policy(
         name=name,
         subjects=Subjects(users=users, groups=groups),
@@ -96,6 +102,7 @@ def _policy(node: Node, seen: dict[str, int], detectors: Mapping[str, str], has_
         guardrails=guardrails,
         masking=tuple(_masking_rule(item, f"{name}.masking[{i}]", detectors, has_hash_key)
                       for i, item in enumerate(f["masking"].items())) if "masking" in f else (),
+        transfer=transfer,
     )
 
 
@@ -152,3 +159,67 @@ def _detector(node: Node, detectors: Mapping[str, str]) -> str:
         raise node.error(f"unknown detector {detector!r}; expected a built-in one ({', '.join(BUILTIN_DETECTORS)}) "
                          "or one declared in masking.detectors")
     return detector
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes: ``1048576``, ``20MB`` (10^6) or ``20MiB`` (2^20); raises ValueError."""
+    number = text.strip().rstrip("bBiIkKmMgGtT ")
+    unit = text.strip()[len(number):].strip().lower()
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise ValueError(f"expected a size in bytes such as 1048576, 20MB or 20MiB; got {text!r}")
+    size = int(number) * _SIZE_UNITS[unit]
+    if size < 1:
+        raise ValueError("expected a size of at least 1 byte")
+    return size
+
+
+def _transfer_path(node: Node) -> str:
+    raw = node.text()
+    if not raw.startswith("/"):
+        raise node.error(f"expected an absolute path on the target, such as /tmp; got {raw!r}")
+    try:
+        path = normalise(raw)
+    except PathError as e:
+        raise node.error(str(e)) from e
+    if ".." in raw.split("/"):
+        raise node.error(f"expected a path without '..'; write it as {path}")
+    return path
+
+
+def _extension(node: Node) -> str:
+    ext = node.text().strip().lower()
+    ext = ext if ext.startswith(".") else f".{ext}"
+    if ext == "." or "/" in ext:
+        raise node.error(f"expected a file extension such as .sh or .tar.gz; got {node.text()!r}")
+    return ext
+
+
+def _transfer(node: Node) -> TransferRule:
+    keys = ("upload", "download", "allow_paths", "deny_paths", "max_size", "blocked_extensions", "approval",
+            "quarantine_days")
+    f = node.fields(keys)
+    upload = f["upload"].flag() if "upload" in f else False
+    download = f["download"].flag() if "download" in f else False
+    if not (upload or download):
+        raise node.error("expected upload: true or download: true (a transfer block allowing neither "
+                         "allows nothing; remove it instead)")
+    allow = tuple(_transfer_path(item) for item in f["allow_paths"].items()) if "allow_paths" in f else ("/",)
+    if not allow:
+        raise f["allow_paths"].error("expected at least one path (leave allow_paths out to allow every path)")
+    max_size = None
+    if "max_size" in f:
+        size = f["max_size"]
+        max_size = size.integer() if size.node.tag.endswith(":int") else size.parse(parse_size)
+    return TransferRule(
+        upload=upload, download=download, allow_paths=allow,
+        deny_paths=tuple(_transfer_path(item) for item in f["deny_paths"].items()) if "deny_paths" in f else (),
+        max_size=max_size,
+        blocked_extensions=tuple(_extension(item) for item in f["blocked_extensions"].items())
+        if "blocked_extensions" in f else (),
+        approval=f["approval"].flag() if "approval" in f else False,
+        quarantine_days=f["quarantine_days"].integer() if "quarantine_days" in f else None,
+    )

@@ -341,6 +341,10 @@ def server_options(runtime: Runtime) -> dict[str, Any]:
         "keepalive_count_max": 3,
         "encoding": None,
         "line_editor": False,
+        # No sftp_factory and no allow_scp here: with either set, asyncssh opens its own stream session
+        # instead of asking session_requested, so SFTP and scp would bypass BastionSession (its recording,
+        # limits and audit). BastionSession accepts the sftp subsystem and `scp` commands itself and hands
+        # them to the gateway in bastion/transfer.py, which runs asyncssh's SFTP/SCP server code.
         "allow_scp": False,
         "agent_forwarding": False,
         "x11_forwarding": False,

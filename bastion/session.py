@@ -13,8 +13,8 @@ import json
 import logging
 import secrets
 import shlex
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import asyncssh
 from prompt_toolkit.application.current import AppSession, create_app_session
@@ -23,7 +23,7 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.input import PipeInput, create_pipe_input
 from prompt_toolkit.output.vt100 import Vt100_Output
 
-from policies.engine import decide
+from policies.engine import Decision, decide
 from policies.model import ApprovalRule, Effect
 from recorders.asciicast import Header
 from recorders.errors import RecorderError
@@ -35,10 +35,14 @@ from shell.commands import EXIT_APPROVAL, EXIT_DENIED, EXIT_ERROR, EXIT_OK, EXIT
 from shell.context import ConnectOutcome, TargetView
 from shell.sql import SqlResult, run_console
 
+from .config import TargetConfig
 from .errors import BastionError
 from .proxies.pgclient import PgClient
+from .proxies.ssh import Relay, Terminal
 from .session_requests import SessionRequests, notice_for
 from .sqlaccess import SqlAccess
+from .sshaccess import SshAccess, TargetUnavailable
+from .transfer import GatewayContext, TransferChannel, connector_opener, is_scp
 
 if TYPE_CHECKING:
     from .server import ConnectionHandler
@@ -48,6 +52,16 @@ log = logging.getLogger(__name__)
 MAX_EXEC_COMMAND = 4096
 MAX_STDIN = 16 * 1024 * 1024  # SQL for one-shot commands; more is refused, not truncated
 EXIT_ENDED_BY_BASTION = 255  # what OpenSSH itself returns when a connection fails
+
+
+class InputSink(Protocol):
+    """Where the user's input goes while :meth:`BastionSession.divert_input` holds it (an SSH relay)."""
+
+    def data(self, data: bytes) -> None: ...
+
+    def eof(self) -> None: ...
+
+    def resize(self, columns: int, rows: int) -> None: ...
 
 
 class _ChannelWriter:
@@ -84,6 +98,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.command: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._input: PipeInput | None = None
+        self._sink: InputSink | None = None  # while set, input goes there instead of the shell or stdin
         self._app_session: AppSession | None = None
         self._counted = False
         self.recording: Recording | None = None
@@ -91,6 +106,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.unrecordable: str | None = None  # why the recording failed: nothing more is shown or run
         self._stdin = bytearray()
         self._stdin_closed = asyncio.Event()
+        self.transfer: TransferChannel | None = None  # the sftp subsystem or an scp command: the file gateway
 
     # -- asyncssh callbacks ----------------------------------------------------
 
@@ -110,7 +126,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        return False  # sftp arrives with the file-transfer gateway
+        return subsystem == "sftp"  # served by the file-transfer gateway (bastion/transfer.py)
 
     def session_started(self) -> None:
         assert self.chan is not None
@@ -121,7 +137,8 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             return
         self._counted = True
         self.handler.session_listeners.add(self.end)
-        mode = "exec" if self.command is not None else "shell"
+        sftp, scp = self.chan.get_subsystem() == "sftp", is_scp(self.command)
+        mode = "sftp" if sftp else "scp" if scp else "exec" if self.command is not None else "shell"
         try:
             self._start_recording(mode)
         except (RecorderError, OSError) as e:
@@ -134,17 +151,25 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             return
         self.runtime.store.append("session.started", user=user, source=self.handler.peer,
                                   session=self.session_id, connection=self.handler.conn_id, mode=mode)
+        if sftp or scp:
+            self._start_transfer()
+            return
         runner = self._run_exec() if self.command is not None else self._run_shell()
         self.task = asyncio.get_running_loop().create_task(runner)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.transfer is not None:  # SFTP/SCP protocol bytes: each transfer is marked, not the bytes
+            self.transfer.data_received(data, datatype)
+            return
         if self.tap is not None:
             try:
                 self.tap.input(data)
             except (RecorderError, OSError) as e:
                 self._recording_failed(str(e))
                 return  # an unrecorded keystroke goes nowhere
-        if self._input is not None:
+        if self._sink is not None:
+            self._sink.data(data)
+        elif self._input is not None:
             self._input.send_bytes(data)
         elif self.command is not None and len(self._stdin) <= MAX_STDIN:
             self._stdin += data
@@ -153,16 +178,32 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         if self.tap is not None:
             with contextlib.suppress(RecorderError, OSError):  # a failure ends the session (on_failure)
                 self.tap.resize(width, height)
-        if self._app_session is not None and self._app_session.app is not None:
+        if self._sink is not None:
+            self._sink.resize(width, height)
+        elif self._app_session is not None and self._app_session.app is not None:
             self._app_session.app._on_resize()
 
     def eof_received(self) -> bool:
         self._stdin_closed.set()
-        if self._input is not None:
+        if self.transfer is not None:
+            return self.transfer.eof_received()
+        if self._sink is not None:
+            self._sink.eof()
+        elif self._input is not None:
             self._input.send_text("\x04")  # like Ctrl-D at the prompt
         return True
 
+    def pause_writing(self) -> None:
+        if self.transfer is not None:
+            self.transfer.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.transfer is not None:
+            self.transfer.resume_writing()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transfer is not None:
+            self.transfer.connection_lost(exc)
         if self.task is not None and not self.task.done():
             self.task.cancel()
         self.handler.session_listeners.discard(self.end)
@@ -194,6 +235,47 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
             self.chan.write(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass  # the channel went away; connection_lost will clean up
+
+    def backlog(self) -> int:
+        """Bytes written to the user that their client has not taken yet."""
+        return 0 if self.chan is None else int(self.chan.get_write_buffer_size())
+
+    def pause_input(self, paused: bool) -> None:
+        """Stop (or resume) reading from the user, while what they send cannot be passed on fast enough."""
+        if self.chan is not None and not self.chan.is_closing():
+            if paused:
+                self.chan.pause_reading()
+            else:
+                self.chan.resume_reading()
+
+    @contextlib.contextmanager
+    def divert_input(self, sink: InputSink) -> Iterator[None]:
+        """While the block runs, keystrokes (or stdin), EOF and window changes go to ``sink``, not the shell.
+
+        Still recorded on the way, as every input is. In a one-shot command, the
+        stdin that arrived before goes first, and an EOF already seen is passed on.
+        """
+        assert self._sink is None, "input is already diverted"
+        self._sink = sink
+        try:
+            if self.command is not None:
+                if self._stdin:
+                    sink.data(bytes(self._stdin))
+                    self._stdin.clear()
+                if self._stdin_closed.is_set():
+                    sink.eof()
+            yield
+        finally:
+            self._sink = None
+            self.pause_input(False)
+
+    def terminal(self) -> Terminal | None:
+        """The user's terminal, when the session has one."""
+        term = None if self.chan is None else self.chan.get_terminal_type()
+        if term is None:
+            return None
+        columns, rows = self.size_pair()
+        return Terminal(term, columns, rows)
 
     def mark(self, label: str) -> None:
         """Put a marker in this session's recording."""
@@ -240,6 +322,16 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self.runtime.taps.add(self.tap)
         self.tap.marker(f"session started: {user} ({', '.join(sorted(self.auth.identity.groups)) or '-'}) "
                         f"from {self.handler.peer}")
+
+    def _start_transfer(self) -> None:
+        """Hand this channel to the SFTP/scp gateway, which reaches each target with the SSH proxy's login."""
+        assert self.chan is not None
+        user, peer = self.auth.identity, self.handler.peer
+        opener = connector_opener(self.runtime, user, self.session_id, peer, self.mark)
+        self.transfer = TransferChannel(GatewayContext(
+            self.runtime, user, self.session_id, peer, self.mark,
+            lambda line: self.send(f"{line}\n".encode(), stderr=True), opener))
+        self.transfer.start(self.chan)
 
     def _recording_failed(self, reason: str) -> None:
         """Fail closed: a session that can no longer be recorded ends now, telling the user why."""
@@ -400,8 +492,11 @@ class SessionContext:
         return [TargetView(t.name, t.kind, d.effect.value, dict(t.labels), configured[t.name].description)
                 for t, d in self._runtime.visible_targets(self.identity)]
 
-    def _access(self, name: str, action: str) -> SqlAccess | ConnectOutcome:
-        """Ask policy whether this identity may reach ``name``; audited and marked either way."""
+    def _decide(self, name: str, action: str) -> tuple[TargetConfig, Decision, str | None] | ConnectOutcome:
+        """Ask policy whether this identity may reach ``name``; audited and marked either way.
+
+        Allowed: the target, the decision and the grant it runs under (None when the policy needs none).
+        """
         configured = self._runtime.config.targets.get(name)
         if configured is None:
             return ConnectOutcome(EXIT_USAGE, f"no target named {name!r}; `targets` lists yours")
@@ -421,17 +516,25 @@ class SessionContext:
                 return ConnectOutcome(EXIT_APPROVAL, f"{decision.reason}; ask for it with "
                                       f"`request {name} --reason \"...\"`")
             self._session.mark(f"{action} {name} under grant {grant}")
+        return configured, decision, grant
+
+    def _access(self, name: str, action: str) -> SqlAccess | ConnectOutcome:
+        """A SQL target's access if policy allows ``action``, else why not."""
+        decided = self._decide(name, action)
+        if isinstance(decided, ConnectOutcome):
+            return decided
+        configured, decision, grant = decided
         if configured.kind != "postgres" or decision.policy is None:
             return ConnectOutcome(EXIT_UNAVAILABLE, f"{configured.kind} targets are not available in this "
                                   f"version of the bastion yet ({name} is allowed by policy {decision.rule})")
         return SqlAccess(self._runtime, self.identity, configured, decision.policy, self._session.session_id,
                          self._session.handler.peer, mark=self._session.mark, grant=grant)
 
-    def _hold(self, access: SqlAccess) -> Callable[[], None]:
+    def _hold(self, grant: str | None) -> Callable[[], None]:
         """While a use of a grant runs, the grant's end ends this session, saying why."""
-        if access.grant is None:
+        if grant is None:
             return lambda: None
-        return self._runtime.hold_grant(access.grant, self._session.end)
+        return self._runtime.hold_grant(grant, self._session.end)
 
     async def _client(self, name: str, action: str) -> tuple[PgClient, Callable[[], None]] | ConnectOutcome:
         """A connected client for ``name`` if policy allows ``action`` (and the grant's release), else why not."""
@@ -442,9 +545,11 @@ class SessionContext:
             client = await access.console_client()
         except BastionError as e:
             return ConnectOutcome(EXIT_ERROR, str(e))
-        return client, self._hold(access)
+        return client, self._hold(access.grant)
 
     async def connect(self, name: str) -> ConnectOutcome:
+        if self._kind(name) == "ssh":
+            return await self._ssh(name, None)
         opened = await self._client(name, "connect")
         if isinstance(opened, ConnectOutcome):
             return opened
@@ -472,6 +577,48 @@ class SessionContext:
         finally:
             release()
             await client.close()
+
+    async def run_remote(self, name: str, command: str) -> ConnectOutcome:
+        kind = self._kind(name)
+        if kind is not None and kind != "ssh":
+            return ConnectOutcome(EXIT_USAGE, f"{name} is a {kind} target; `run` runs commands on ssh targets")
+        return await self._ssh(name, command)
+
+    def _kind(self, name: str) -> str | None:
+        configured = self._runtime.config.targets.get(name)
+        return None if configured is None else configured.kind
+
+    async def _ssh(self, name: str, command: str | None) -> ConnectOutcome:
+        """A shell (``command`` None) or one command on an SSH target, relayed through this session."""
+        decided = self._decide(name, "connect" if command is None else "run")
+        if isinstance(decided, ConnectOutcome):
+            return decided
+        session = self._session
+        access = SshAccess(self._runtime, self.identity, decided[0], session.session_id, session.handler.peer,
+                           mark=session.mark, grant=decided[2])
+        relay = Relay(lambda data, stderr: session.send(data, stderr=stderr), session.backlog, session.pause_input)
+        started = self.now()
+        release = self._hold(access.grant)
+        try:
+            with session.divert_input(relay):  # keys typed while connecting go to the host too
+                conn = await access.connect()
+                try:
+                    await relay.start(conn, command, session.terminal())
+                    status = await relay.wait()
+                finally:
+                    relay.close()
+                    conn.close()
+        except BastionError as e:
+            return ConnectOutcome(EXIT_UNAVAILABLE if isinstance(e, TargetUnavailable) else EXIT_ERROR, str(e))
+        except (asyncssh.Error, OSError) as e:
+            return ConnectOutcome(EXIT_ERROR, f"{name}: the connection failed: {e}")
+        finally:
+            release()
+        access.ended(command, status, self.now() - started)
+        if command is not None:
+            return ConnectOutcome(status, "", remote=True)
+        told = f" (the remote shell exited with {status})" if status else ""
+        return ConnectOutcome(status, f"left {name}{told}; back in the bastion shell\n", remote=True)
 
     async def stdin(self) -> str:
         return await self._session.stdin_text()

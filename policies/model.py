@@ -126,6 +126,20 @@ class MaskingRule:
 
 
 @dataclass(frozen=True)
+class TransferRule:
+    """What a policy lets its subjects move through the SFTP/scp gateway (see policies/transfer.py)."""
+
+    upload: bool = False
+    download: bool = False
+    allow_paths: tuple[str, ...] = ("/",)        # normalised absolute prefixes, whole components
+    deny_paths: tuple[str, ...] = ()             # deny wins over allow
+    max_size: int | None = None                  # bytes per file, enforced while streaming
+    blocked_extensions: tuple[str, ...] = ()     # lower case, with the dot: ".sh", ".tar.gz"
+    approval: bool = False                       # each transfer needs an approved request
+    quarantine_days: int | None = None           # keep a copy of each transferred file this long
+
+
+@dataclass(frozen=True)
 class Policy:
     """One rule: these subjects reach these targets with this access mode."""
 
@@ -137,3 +151,4 @@ class Policy:
     approval: ApprovalRule | None = None
     guardrails: tuple[Guardrail, ...] = ()
     masking: tuple[MaskingRule, ...] = ()
+    transfer: TransferRule | None = None  # no block: no file transfer under this policy

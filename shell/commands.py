@@ -167,8 +167,8 @@ async def _whoami(ctx: ShellContext, args: Args) -> Result:
          "target, offer a request and wait for it.", min_args=1, max_args=1, completes_targets=True)
 async def _connect(ctx: ShellContext, args: Args) -> Result:
     outcome = await ctx.connect(args.positional[0])
-    if outcome.code == EXIT_OK:
-        return Result(text=outcome.message)
+    if outcome.code == EXIT_OK or outcome.remote:  # a remote shell's own status is never a refusal
+        return Result(outcome.code, text=outcome.message)
     if outcome.code == EXIT_APPROVAL:
         return await access.approval_needed(ctx, args.positional[0], outcome)
     return Result(outcome.code, error=outcome.message)
@@ -264,5 +264,5 @@ async def _exit(ctx: ShellContext, args: Args) -> Result:
     return Result(leave=True)
 
 
-# Last: access's commands register themselves with the table above, and connect and sql use it.
-from . import access  # noqa: E402
+# Last: access's and run's commands register themselves with the table above; connect and sql use access.
+from . import access, run  # noqa: E402,F401

@@ -29,6 +29,7 @@ class ConnectOutcome:
 
     code: int
     message: str
+    remote: bool = False  # ``code`` is the target's own exit status (an SSH shell or command), not the bastion's
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ class ShellContext(Protocol):
 
     async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
         """Run SQL on a target through its proxy; a ConnectOutcome when policy or the target refuses."""
+        ...
+
+    async def run_remote(self, name: str, command: str) -> ConnectOutcome:
+        """Run ``command`` on an SSH target if policy allows it.
+
+        Its output streams straight to the user as it comes (and stdin to it); the
+        outcome's code is the command's exit status (``remote``), or why it did not run.
+        """
         ...
 
     async def stdin(self) -> str:

@@ -38,6 +38,9 @@ class FakeContext:
     async def run_sql(self, name: str, sql: str) -> list[SqlResult] | ConnectOutcome:
         return ConnectOutcome(EXIT_DENIED, f"denied: {name}")
 
+    async def run_remote(self, name: str, command: str) -> ConnectOutcome:
+        return ConnectOutcome(EXIT_DENIED, f"denied: {name}")
+
     async def stdin(self) -> str:
         return ""
 

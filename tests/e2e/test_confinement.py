@@ -28,9 +28,11 @@ def test_exec_never_reaches_a_program(client: Client, oidc_issuer: OidcIssuer,
     assert "uid=" not in result.stdout + result.stderr
 
 
-def test_subsystems_are_refused(client: Client, oidc_issuer: OidcIssuer) -> None:
+@pytest.mark.parametrize("subsystem", ["netconf", "sftp-server", "shell"])
+def test_subsystems_other_than_the_file_gateway_are_refused(client: Client, oidc_issuer: OidcIssuer,
+                                                            subsystem: str) -> None:
     client.certify(oidc_issuer, "bob", ["sre"])
-    result = client.ssh("bob", "sftp", extra=("-s",))
+    result = client.ssh("bob", subsystem, extra=("-s",))
     assert result.returncode != 0
     assert "subsystem request failed" in result.stderr
 
