@@ -288,7 +288,10 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
     def end(self, message: str) -> None:
         """End this session from the bastion's side, telling the user why."""
         self.mark(f"session ending: {message}")
-        self.send(f"\r\n\x1b[1mbastion: {message}\x1b[0m\r\n".encode())
+        if self.transfer is not None:  # stdout carries SFTP/SCP packets: the reason goes to stderr
+            self.send(f"bastion: {message}\r\n".encode(), stderr=True)
+        else:
+            self.send(f"\r\n\x1b[1mbastion: {message}\x1b[0m\r\n".encode())
         self._finish("", EXIT_ENDED_BY_BASTION)
 
     def _finish(self, message: str, status: int) -> None:

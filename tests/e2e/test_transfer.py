@@ -374,3 +374,26 @@ def test_the_upstream_credential_never_reaches_the_client(bastion: Bastion, oliv
     assert target_ca not in seen  # any upstream certificate would carry its CA's key
     assert f"Authenticated to 127.0.0.1 ([127.0.0.1]:{bastion.ssh_port})" in done.stderr
     assert str(sshd.port) not in done.stdout + done.stderr  # the client never even learns where the host is
+
+
+def test_a_revoked_certificate_ends_an_sftp_session_with_its_reason_on_stderr(bastion: Bastion, tmp_path: Path,
+                                                                               oidc_issuer: OidcIssuer) -> None:
+    import time
+
+    client = Client(tmp_path / "rita", bastion)
+    client.certify(oidc_issuer, "rita", ["ops"])
+    session = subprocess.Popen(["sftp", *_opts(client, "-P"), "rita@127.0.0.1"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client.env(),
+                               cwd=client.home)
+    assert session.stdin is not None
+    session.stdin.write("ls /\n")
+    session.stdin.flush()
+    serial = bastion.wait_event("certificate.issued", lambda e: e.user == "rita").detail["serial"]
+    bastion.wait_event("session.started", lambda e: e.user == "rita")
+    time.sleep(0.5)
+    assert bastion_cli("revoke-cert", "-c", str(bastion.config), str(serial), "--reason", "test").returncode == 0
+    bastion.wait_event("session.ended", lambda e: e.user == "rita")  # the bastion ended it, not our EOF
+    time.sleep(1)  # and has disconnected; sftp notices at its next command
+    out, err = session.communicate("ls /\n", timeout=TIMEOUT)
+    assert "your certificate has been revoked" in err  # not written into the SFTP stream, where it would corrupt it
+    assert "web-1" in out  # the listing before the end came through intact
