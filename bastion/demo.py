@@ -41,6 +41,7 @@ def instructions(directory: Path, issuer: str, http_url: str, ssh_port: int) -> 
     recorder = me[: -len("bastion")] + "recorder" if me.endswith("bastion") else "recorder"
     client = directory / "client"
     key, known_hosts = client / "id_ed25519", client / "known_hosts"
+    bob_key = client / "bob_ed25519"
     q = shlex.quote
     return f"""
 bastion demo is running. Press Ctrl-C to stop it.
@@ -62,11 +63,21 @@ bastion demo is running. Press Ctrl-C to stop it.
    \q goes back to the bastion shell. Scripts and agents use one-shot commands:
      <the ssh line above> sql pg-demo --format json "select name, email from customers"
 
-3. See the audit trail (in another terminal):
+3. Just-in-time access: pg-prod needs an approved request, and its writes a reviewer.
+   In alice's shell:  request pg-prod --reason "check order 2" --for 15m
+   Then log bob in (pick bob, group sre) with a key of his own, and approve as bob:
+
+   {me} login --bastion {http_url} --flow device --key {q(str(bob_key))} --known-hosts {q(str(known_hosts))}
+   ssh -p {ssh_port} -i {q(str(bob_key))} -o UserKnownHostsFile={q(str(known_hosts))} bob@127.0.0.1 approve ID
+
+   Now alice can `connect pg-prod`. There, `update orders set total = 6 where id = 3;`
+   is held for review: approve that request as bob too, and alice's console runs it.
+
+4. See the audit trail (in another terminal):
 
    {me} audit -c {q(str(directory / 'bastion.yaml'))}
 
-4. Replay a session: list them, then `play ID` (space pauses, q quits):
+5. Replay a session: list them, then `play ID` (space pauses, q quits):
 
    {recorder} -c {q(str(directory / 'bastion.yaml'))} ls
 """

@@ -522,6 +522,7 @@ def test_template_loads_once_placeholders_are_replaced(tmp_path: Path) -> None:
     assert config.identity.oidc.client_id == "bastion"
     assert {n: (t.kind, t.address, t.labels) for n, t in config.targets.items()} == {
         "pg-demo": ("postgres", HostPort("127.0.0.1", 5432), {"env": "demo"}),
+        "pg-prod": ("postgres", HostPort("127.0.0.1", 5432), {"env": "prod"}),
         "web-1": ("ssh", HostPort("127.0.0.1", 22), {"env": "prod"}),
     }
     by_name = {p.name: p for p in config.policies}

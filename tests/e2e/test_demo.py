@@ -24,6 +24,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def log_in(command: str, user: str, groups: list[str], cwd: Path, env: dict[str, str]) -> None:
+    """Run a printed `bastion login` line and approve it at the dev IdP as ``user``."""
+    login = subprocess.Popen(shlex.split(command), cwd=cwd, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert login.stdout is not None
+    url = next(line.strip() for line in login.stdout if line.startswith("http"))
+    code = parse_qs(urlparse(url).query)["user_code"][0]
+    requests.post(url.split("?")[0], timeout=10,
+                  data={"user_code": code, "username": user, "groups": groups, "action": "approve"})
+    assert login.wait(30) == 0
+
+
 def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)}
     ports = [str(_free_port()) for _ in range(4)]
@@ -40,16 +52,8 @@ def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
         text = "".join(printed)
         assert "DEVELOPMENT ONLY" in text
         commands = [line.strip() for line in printed if re.match(r"   (bastion|ssh|recorder) ", line)]
-        login_cmd, ssh_cmd, audit_cmd, recorder_cmd = commands
-
-        login = subprocess.Popen(shlex.split(login_cmd), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-        assert login.stdout is not None
-        url = next(line.strip() for line in login.stdout if line.startswith("http"))
-        code = parse_qs(urlparse(url).query)["user_code"][0]
-        requests.post(url.split("?")[0], timeout=10,
-                      data={"user_code": code, "username": "alice", "groups": ["dev"], "action": "approve"})
-        assert login.wait(30) == 0
+        login_cmd, ssh_cmd, bob_login_cmd, bob_approve_cmd, audit_cmd, recorder_cmd = commands
+        log_in(login_cmd, "alice", ["dev"], tmp_path, env)
 
         ssh = subprocess.run([*shlex.split(ssh_cmd), "whoami", "--json"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
@@ -64,6 +68,22 @@ def test_demo_login_connect_and_audit(tmp_path: Path) -> None:
             first = json.loads(rows.stdout)[0]["rows"][0]
             assert first["name"] == "Ada Lovelace" and first["email"] == "****@example.com"
             assert "123-45-6789" not in rows.stdout
+
+        # Step 3: alice asks for pg-prod, bob approves, alice's one-shot command runs under the grant.
+        asked = subprocess.run([*shlex.split(ssh_cmd), "request pg-prod --reason 'check order 2' --json"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+        assert asked.returncode == 0, asked.stderr
+        request_id = json.loads(asked.stdout)["id"]
+        log_in(bob_login_cmd, "bob", ["sre"], tmp_path, env)
+        approved = subprocess.run(shlex.split(bob_approve_cmd.replace(" ID", f" {request_id}")), cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        assert approved.returncode == 0, approved.stderr
+        if "pg-demo will not answer" not in text:
+            prod = subprocess.run([*shlex.split(ssh_cmd), "sql", "pg-prod", "select count(*) from orders"],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+                                  stdin=subprocess.DEVNULL)
+            assert prod.returncode == 0, prod.stderr
 
         audit = subprocess.run(shlex.split(audit_cmd), cwd=tmp_path, env=env, capture_output=True, text=True)
         assert "certificate.issued" in audit.stdout and "connection.authenticated" in audit.stdout
