@@ -124,13 +124,14 @@ class BareForward:
     known_hosts: Path
 
 
-def bare_forward(lab: Lab, client_key: Path) -> BareForward:
+def bare_forward(lab: Lab, client_key: Path, *, uvloop: bool = False) -> BareForward:
     """Start this module as the bare asyncssh server that accepts ``client_key`` and ``ssh -L``."""
     directory = lab.tmp / "bare-forward"
     directory.mkdir()
     host_key = lab.plain_key("bare_forward_host")
     ready, log = directory / "ready.json", directory / "bare.log"
-    proc = spawn(lab, [sys.executable, __file__, "bare-forward", str(ready), str(host_key), f"{client_key}.pub"], log)
+    argv = [sys.executable, __file__, "bare-forward", str(ready), str(host_key), f"{client_key}.pub"]
+    proc = spawn(lab, [*argv, "uvloop"] if uvloop else argv, log)
     port = int(wait_for_file(ready, proc, log)["port"])
     known_hosts = directory / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {Path(f'{host_key}.pub').read_text()}")
@@ -155,6 +156,12 @@ async def _bare_forward(ready: Path, host_key: Path, authorized_keys: Path) -> N
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5 or sys.argv[1] != "bare-forward":
-        sys.exit(f"usage: {sys.argv[0]} bare-forward READY_FILE HOST_KEY AUTHORIZED_KEYS")
-    asyncio.run(_bare_forward(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])))
+    if len(sys.argv) not in (5, 6) or sys.argv[1] != "bare-forward":
+        sys.exit(f"usage: {sys.argv[0]} bare-forward READY_FILE HOST_KEY AUTHORIZED_KEYS [uvloop]")
+    main = _bare_forward(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    if sys.argv[5:] == ["uvloop"]:
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)

@@ -197,11 +197,11 @@ async def run(args: argparse.Namespace) -> int:
 
         # -- 2. through the bastion --------------------------------------------------------------
         if not args.no_ssh:
-            bastion.start()
+            bastion.start(*(["--event-loop", "uvloop"] if args.uvloop else []))
             lab.callback(Lab._stop_bastion, bastion)
             alice = lab.client(bastion, "alice", ["dev"])
             plain = lab.plain_key("client")
-            bare = bare_forward(lab, plain)
+            bare = bare_forward(lab, plain, uvloop=args.uvloop)
             paths: list[tuple[str, int]] = []
             for name, (port, key, known, user, dest, env) in {
                 "bastion (ssh -L, inspected)": (bastion.ssh_port, alice.key, alice.known_hosts, "alice",
@@ -281,6 +281,8 @@ def main() -> int:
     parser.add_argument("--bulk-runs", type=int, default=3, help="bulk runs per path (default 3)")
     parser.add_argument("--no-ssh", action="store_true", help="skip the ssh -L comparison (part 2)")
     parser.add_argument("--no-sshd", action="store_true", help="skip OpenSSH sshd in part 2")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="part 2 on uvloop: bastion serve --event-loop uvloop, and the bare forward on uvloop too")
     parser.add_argument("--budget", type=float, default=235, help="stop everything after this many seconds")
     args = parser.parse_args()
     if shutil.which("socat") is None or shutil.which("psql") is None:

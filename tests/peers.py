@@ -96,12 +96,12 @@ class Bastion:
             limits: {limits}
             """) + body)
 
-    def start(self) -> Bastion:
+    def start(self, *serve_args: str) -> Bastion:
         ready = self.directory / "ready.json"
         ready.unlink(missing_ok=True)
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "bastion"), "serve", "-c", str(self.config), "--ready-file", str(ready)],
+                [str(BIN / "bastion"), "serve", "-c", str(self.config), "--ready-file", str(ready), *serve_args],
                 stdout=log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 20
         while not ready.exists():
