@@ -95,7 +95,25 @@ class CertificateAuthority:
         )
 
 
+# The names `ssh -J bastion web-1` verifies: target names, which are single words. Any name without a dot
+# (so no FQDN, no IPv4) and with at most one colon (so no IPv6; "[web-1]:2222" has one) matches. A
+# negated pattern rules the whole line out, so these live on a line of their own.
+TARGET_NAME_PATTERNS = "*,!*.*,!*:*:*"
+
+
+def covers_target_name(name: str) -> bool:
+    """True when :data:`TARGET_NAME_PATTERNS` matches ``name``, so OpenSSH verifies it with the host CA."""
+    return bool(name) and "." not in name and ":" not in name and not any(c in name for c in " ,!*?[]")
+
+
 def known_hosts_line(host_ca: asyncssh.SSHKey, host_names: tuple[str, ...], port: int) -> str:
-    """The ``@cert-authority`` line that makes OpenSSH trust the bastion's host certificate."""
+    """The ``@cert-authority`` lines that make OpenSSH trust the bastion's host certificates.
+
+    The first covers the bastion's own names; the second the SSH targets reached
+    with ``ssh -J``, whose host certificates the bastion signs for their names
+    (see bastion/proxyjump.py). The second deliberately lists no target names:
+    it needs no refresh when targets change, and tells nobody which exist.
+    """
     patterns = ",".join(name if port == 22 else f"[{name}]:{port}" for name in host_names)
-    return f"@cert-authority {patterns} {host_ca.export_public_key('openssh').decode().strip()}"
+    key = host_ca.export_public_key("openssh").decode().strip()
+    return f"@cert-authority {patterns} {key}\n@cert-authority {TARGET_NAME_PATTERNS} {key}"

@@ -83,7 +83,7 @@ async def issue_certificate(request: web.Request) -> web.Response:
     now = runtime.clock()
     issued = request.app[CA].sign_user(
         public_key, verified.username, now=now, ttl=ttl,
-        permit_port_forwarding=may_forward_anywhere(runtime.config.policies, identity))
+        permit_port_forwarding=may_forward_anywhere(runtime.config.policies, identity, runtime.targets()))
     runtime.store.record_issuance(Issuance(
         serial=issued.serial, key_id=issued.key_id, username=verified.username,
         subject=verified.subject, issuer=verified.issuer, email=verified.email,

@@ -103,6 +103,8 @@ class ContextLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 class ConnectionHandler(asyncssh.SSHServer):
     """One per SSH connection: authenticates it and tracks its identity."""
 
+    login_hint = LOGIN_HINT  # what a refused login is told to do next
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.conn_id = secrets.token_hex(6)
@@ -123,8 +125,17 @@ class ConnectionHandler(asyncssh.SSHServer):
         self.peer = str(conn.get_extra_info("peername", ("?", 0))[0])
         self.runtime.connections.add(self)
         self.runtime.store.connection_opened(self.conn_id, self.peer, self.runtime.clock())
-        # Wrap the instance's key check: the one place where the certificate blob is visible.
-        # Installed first, so that no key is ever checked without it.
+        self._install_key_check(conn)
+        if not self.runtime.open_connection(self.peer):
+            self._refuse(f"too many connections from {self.peer}")
+            self._closing_reason = ("refused", f"too many connections from {self.peer}")
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"too many connections from {self.peer}")
+
+    def _install_key_check(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Wrap the instance's key check: the one place where the certificate blob is visible.
+
+        Installed first, so that no key is ever checked without it.
+        """
         original = conn.validate_public_key
 
         async def validate(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
@@ -137,10 +148,6 @@ class ConnectionHandler(asyncssh.SSHServer):
                 return False
 
         conn.validate_public_key = validate  # type: ignore[method-assign]
-        if not self.runtime.open_connection(self.peer):
-            self._refuse(f"too many connections from {self.peer}")
-            self._closing_reason = ("refused", f"too many connections from {self.peer}")
-            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, f"too many connections from {self.peer}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.runtime.close_connection(self.peer)
@@ -200,8 +207,7 @@ class ConnectionHandler(asyncssh.SSHServer):
         except CertificateError:
             self._refuse_plain_key(key_data)
             return False
-        reason = check_certificate(cert, username, self.peer,
-                                   self.runtime.keys.user_ca.public_data, self.runtime.clock())
+        reason = self._certificate_problem(cert, username)
         issuance = None
         if reason is None:
             issuance = self.runtime.store.issuance_by_cert(cert.sha256)
@@ -210,13 +216,18 @@ class ConnectionHandler(asyncssh.SSHServer):
             elif self.runtime.store.is_revoked(cert.serial):
                 reason = f"the certificate (serial {cert.serial}) has been revoked"
         if reason is not None:
-            self._refuse(f"{reason}. {LOGIN_HINT}")
+            self._refuse(f"{reason}. {self.login_hint}")
             return False
         accepted = bool(await original(username, key_data, msg, signature))
         if accepted and signature and issuance is not None:
             identity = Identity(issuance.username, frozenset(issuance.groups))
             self.auth = Authenticated(identity, issuance, cert)
         return accepted
+
+    def _certificate_problem(self, cert: CertInfo, username: str) -> str | None:
+        """Why this certificate may not log in here as ``username``, or None if it may."""
+        return check_certificate(cert, username, self.peer, self.runtime.keys.user_ca.public_data,
+                                 self.runtime.clock())
 
     def _refuse_plain_key(self, key_data: bytes) -> None:
         reason = "plain public keys are not accepted"
@@ -225,7 +236,7 @@ class ConnectionHandler(asyncssh.SSHServer):
         if self.runtime.store.knows_key(fingerprint(key_data)):
             self.refusals.append(reason)
             return
-        self._refuse(f"{reason}. {LOGIN_HINT}")
+        self._refuse(f"{reason}. {self.login_hint}")
 
     def _refuse(self, reason: str) -> None:
         if reason in self.refusals:
@@ -277,15 +288,24 @@ class ConnectionHandler(asyncssh.SSHServer):
     # -- forwarding: refused explicitly, so the invariant does not rest on library defaults --
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> Any:
-        """`ssh -L PORT:TARGET:PORT bastion`: the destination is a target name, served by its proxy."""
+        """A direct-tcpip channel to a target name: a postgres target's proxy (`ssh -L`), or an SSH
+        target's connection terminated by the bastion itself (`ssh -J`, see bastion/proxyjump.py).
+        """
+        from .proxyjump import jump_problem, open_jump  # proxyjump builds on this module
+
         target = self.runtime.config.targets.get(dest_host)
         user = self.auth.identity.user if self.auth else None
-        if self.auth is None or target is None or target.kind != "postgres":
+        if self.auth is None or target is None or target.kind not in ("postgres", "ssh"):
             reason = (f"{dest_host} is not a target that can be forwarded to; use a target name from "
-                      "`targets` as the destination, e.g. ssh -L 15432:pg-demo:5432")
+                      "`targets` as the destination, e.g. ssh -L 15432:pg-demo:5432, or ssh -J for SSH targets")
             return self._refuse_forward(user, dest_host, dest_port, "no-target", reason)
-        decision = decide(self.runtime.config.policies, self.auth.identity, target.target, "forward",
-                          self.runtime.clock())
+        jump = target.kind == "ssh"
+        if jump:
+            problem = jump_problem(target, dest_port)
+            if problem is not None:  # never passed through blind
+                return self._refuse_forward(user, dest_host, dest_port, "proxyjump", problem)
+        decision = decide(self.runtime.config.policies, self.auth.identity, target.target,
+                          "connect" if jump else "forward", self.runtime.clock())
         grant = None
         if decision.effect is Effect.APPROVAL and decision.policy is not None and self.runtime.approvals:
             found = self.runtime.approvals.active_grant(self.auth.identity.user, target.name, self.runtime.clock())
@@ -299,7 +319,9 @@ class ConnectionHandler(asyncssh.SSHServer):
         session_id = secrets.token_hex(8)
         self.runtime.store.append("forward.opened", user=user, source=self.peer, target=target.name,
                                   session=session_id, rule=decision.rule, outcome="allow",
-                                  connection=self.conn_id, grant=grant)
+                                  connection=self.conn_id, grant=grant, mode="proxyjump" if jump else "forward")
+        if jump:
+            return open_jump(self, target, session_id)  # an SSH server connection, run over the channel
         assert decision.policy is not None
         access = SqlAccess(self.runtime, self.auth.identity, target, decision.policy, session_id, self.peer,
                            grant=grant)

@@ -80,9 +80,15 @@ def visible_targets(
     return sorted(shown, key=lambda pair: pair[0].name)
 
 
-def may_forward_anywhere(policies: Sequence[Policy], identity: Identity) -> bool:
-    """True when some policy for this identity could allow port forwarding (sets the cert flag)."""
-    return any(
-        p.port_forwarding and p.access is not Access.DENY and p.subjects.match(identity)
-        for p in policies
-    )
+def may_forward_anywhere(policies: Sequence[Policy], identity: Identity, targets: Sequence[Target] = ()) -> bool:
+    """True when some policy for this identity could allow a direct-tcpip channel (sets the cert flag).
+
+    That is port forwarding, or reaching an SSH target at all: ``ssh -J`` opens a
+    direct-tcpip channel to it. The bastion still decides each channel by policy.
+    """
+    for p in policies:
+        if p.access is Access.DENY or not p.subjects.match(identity):
+            continue
+        if p.port_forwarding or any(t.kind == "ssh" and p.targets.match(t) for t in targets):
+            return True
+    return False

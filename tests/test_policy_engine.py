@@ -54,6 +54,16 @@ def test_forwarding_needs_the_flag() -> None:
     assert may_forward_anywhere(POLICIES, BOB)
 
 
+def test_reaching_an_ssh_target_needs_the_flag_too_for_proxyjump() -> None:
+    dave = Identity("dave", frozenset({"dev"}))
+    assert not may_forward_anywhere(POLICIES, dave, [PG, DEMO])  # databases only: no direct-tcpip needed
+    assert may_forward_anywhere(POLICIES, dave, [PG, DEMO, WEB])  # dev-prod reaches web-1 (with approval)
+    # alice's policies match web-1 too, but a deny policy contributes nothing; the channel is still decided.
+    assert may_forward_anywhere(POLICIES, ALICE, [WEB])
+    assert decide(POLICIES, ALICE, WEB, "connect", 0).effect is Effect.DENY
+    assert not may_forward_anywhere(POLICIES, Identity("eve"), [WEB])
+
+
 def test_visible_targets_hide_denied_ones() -> None:
     shown = visible_targets(POLICIES, ALICE, [WEB, PG, DEMO], 0)
     assert [(t.name, d.effect) for t, d in shown] == [("pg-demo", Effect.ALLOW), ("pg-prod", Effect.APPROVAL)]
