@@ -84,8 +84,8 @@ class Daemon:
         self.http_port = sockets[0].getsockname()[1] if sockets else config.listen.http.port
         store.append("daemon.started", ssh=f"{config.listen.ssh.host}:{runtime.ssh_port}",
                      http=f"{config.listen.http.host}:{self.http_port}", pid=os.getpid())
-        log.info("listening: ssh %s:%d, http %s:%d", config.listen.ssh.host, runtime.ssh_port,
-                 config.listen.http.host, self.http_port)
+        log.info("listening: ssh %s:%d, http %s:%d (event loop: %s)", config.listen.ssh.host, runtime.ssh_port,
+                 config.listen.http.host, self.http_port, type(asyncio.get_running_loop()).__module__)
 
     async def _start_approvals(self, runtime: Runtime) -> None:
         """Requests and grants, their webhooks, and the notice lines in approvers' shells."""

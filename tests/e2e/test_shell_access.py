@@ -198,3 +198,19 @@ def test_metrics_count_open_sessions(client: Client, bastion: Bastion, oidc_issu
     while "bastion_sessions 0" not in requests.get(f"{bastion.url}/metrics", timeout=5).text:
         assert time.monotonic() < deadline, "the session was not released"
         time.sleep(0.05)
+
+
+def test_serve_runs_on_uvloop_when_asked(tmp_path, oidc_issuer: OidcIssuer) -> None:  # type: ignore[no-untyped-def]
+    from peers import new_bastion
+
+    fast = new_bastion(tmp_path / "fast", oidc_issuer.issuer)
+    try:
+        assert fast.stop() == 0
+        fast.start("--event-loop", "uvloop")
+        client = Client(tmp_path / "home", fast)
+        client.certify(oidc_issuer, "alice", ["dev"])
+        done = client.ssh("alice", "whoami", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout)["user"] == "alice"
+        assert "(event loop: uvloop)" in fast.log.read_text()
+    finally:
+        fast.stop()
