@@ -38,11 +38,13 @@ from shell.sql import SqlResult, run_console
 from .config import TargetConfig
 from .errors import BastionError
 from .proxies.pgclient import PgClient
-from .proxies.ssh import Relay, Terminal
+from .proxies.ssh import Terminal
 from .session_requests import SessionRequests, notice_for
+from .session_ssh import relay_ssh
 from .sqlaccess import SqlAccess
-from .sshaccess import SshAccess, TargetUnavailable
-from .transfer import GatewayContext, TransferChannel, connector_opener, is_scp
+from .sshaccess import SshAccess
+from .transfer import GatewayContext
+from .transfer_channel import TransferChannel, connector_opener, is_scp
 
 if TYPE_CHECKING:
     from .server import ConnectionHandler
@@ -599,29 +601,7 @@ class SessionContext:
         session = self._session
         access = SshAccess(self._runtime, self.identity, decided[0], session.session_id, session.handler.peer,
                            mark=session.mark, grant=decided[2])
-        relay = Relay(lambda data, stderr: session.send(data, stderr=stderr), session.backlog, session.pause_input)
-        started = self.now()
-        release = self._hold(access.grant)
-        try:
-            with session.divert_input(relay):  # keys typed while connecting go to the host too
-                conn = await access.connect()
-                try:
-                    await relay.start(conn, command, session.terminal())
-                    status = await relay.wait()
-                finally:
-                    relay.close()
-                    conn.close()
-        except BastionError as e:
-            return ConnectOutcome(EXIT_UNAVAILABLE if isinstance(e, TargetUnavailable) else EXIT_ERROR, str(e))
-        except (asyncssh.Error, OSError) as e:
-            return ConnectOutcome(EXIT_ERROR, f"{name}: the connection failed: {e}")
-        finally:
-            release()
-        access.ended(command, status, self.now() - started)
-        if command is not None:
-            return ConnectOutcome(status, "", remote=True)
-        told = f" (the remote shell exited with {status})" if status else ""
-        return ConnectOutcome(status, f"left {name}{told}; back in the bastion shell\n", remote=True)
+        return await relay_ssh(session, access, command, self._hold, self.now)
 
     async def stdin(self) -> str:
         return await self._session.stdin_text()

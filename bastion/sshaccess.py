@@ -1,9 +1,9 @@
 """The bastion's side of one use of an SSH target: how to reach and recognise it, what to log in with, the audit.
 
-The session (``session.py``) decides policy and wires the user's channel to a
-:class:`~bastion.proxies.ssh.Relay`; this module turns the target's config into
-an upstream, signs the per-session certificate with the target CA, and writes
-the audit events of the SSH path.
+The session (``session.py``) decides policy, and ``session_ssh.py`` wires the
+user's channel to a :class:`~bastion.proxies.ssh.Relay`; this module turns the
+target's config into an upstream, signs the per-session certificate with the
+target CA, and writes the audit events of the SSH path.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The SFTP/scp gateway: a virtual tree whose ``/`` lists SSH targets and whose ``/web-1/...`` is that host.
 
 A session channel that asks for the ``sftp`` subsystem, or runs ``scp`` (legacy
-``scp -O``), is handed to :class:`TransferChannel`, which runs asyncssh's own
-SFTP or SCP server code over :class:`TransferGateway`. OpenSSH 9's ``scp``
-speaks SFTP, so all three clients meet the same policy code.
+``scp -O``), is handed to :class:`~bastion.transfer_channel.TransferChannel`,
+which runs asyncssh's own SFTP or SCP server code over :class:`TransferGateway`.
+OpenSSH 9's ``scp`` speaks SFTP, so all three clients meet the same policy code.
 
 The gateway never touches the bastion's own filesystem: every method of
 :class:`asyncssh.SFTPServer` is overridden, and what is not supported is refused.
@@ -24,18 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import posixpath
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
-from asyncssh.scp import run_scp_server
-from asyncssh.sftp import MIN_SFTP_VERSION, run_sftp_server
-from asyncssh.stream import SSHServerStreamSession
 
 from policies.engine import Decision, decide
 from policies.model import ApprovalRule, Effect, Identity
@@ -55,35 +51,17 @@ from policies.transfer import (
 from .approvals import ApprovalRefused
 from .config import TargetConfig
 from .errors import BastionError
-from .sshaccess import SshAccess
 from .transfer_files import Quarantine, QuarantineCopy, Stream
 from .transfer_requests import REASON_ENV, TransferRequests
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-log = logging.getLogger(__name__)
-
 UpstreamOpener = Callable[[TargetConfig], Awaitable[asyncssh.SSHClientConnection]]
 """Opens an authenticated client connection to an SSH target; raises BastionError with a message to show."""
 
 _DIR = stat.S_IFDIR | 0o555
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
-
-
-def is_scp(command: str | None) -> bool:
-    """True for the command a legacy ``scp -O`` client runs on the server."""
-    return command is not None and command.startswith("scp ")
-
-
-def connector_opener(runtime: Runtime, identity: Identity, session: str, peer: str,
-                     mark: Callable[[str], None]) -> UpstreamOpener:
-    """The real opener: the SSH proxy's login (a one-minute certificate, or the target's identity key), audited."""
-
-    async def open_target(target: TargetConfig) -> asyncssh.SSHClientConnection:
-        return await SshAccess(runtime, identity, target, session, peer, mark=mark).connect()
-
-    return open_target
 
 
 @dataclass
@@ -97,68 +75,6 @@ class GatewayContext:
     mark: Callable[[str], None]      # a marker in the session's recording
     notify: Callable[[str], None]    # a line to the client's stderr (recorded as output)
     opener: UpstreamOpener
-
-
-class TransferChannel:
-    """Runs asyncssh's SFTP or SCP server for one session channel, over the gateway.
-
-    The channel's session object stays the bastion's own (recorded, counted,
-    ended like any other) and forwards the stream callbacks here. The server
-    runs in a task of ours: whatever goes wrong in it ends this channel with
-    exit status 1, never the connection (asyncssh's own task would drop it).
-    """
-
-    def __init__(self, ctx: GatewayContext) -> None:
-        self.ctx = ctx
-        self.gateway: TransferGateway | None = None
-        self.task: asyncio.Task[None] | None = None
-        self._stream: SSHServerStreamSession[bytes] = SSHServerStreamSession(None)
-
-    def start(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
-        """Begin serving: SFTP for the subsystem, SCP for an ``scp`` command."""
-        self._stream.connection_made(chan)
-        reader = asyncssh.SSHReader[bytes](self._stream, chan)
-        writer = asyncssh.SSHWriter[bytes](self._stream, chan)
-        self.gateway = TransferGateway(chan, self.ctx)
-        handler: Awaitable[None] | None
-        if chan.get_subsystem() == "sftp":
-            handler = run_sftp_server(self.gateway, reader, writer, MIN_SFTP_VERSION)
-        else:
-            stderr = asyncssh.SSHWriter[bytes](self._stream, chan, asyncssh.EXTENDED_DATA_STDERR)
-            handler = cast(Awaitable[None] | None,
-                           run_scp_server(self.gateway, chan.get_command() or "", reader, writer, stderr))
-        if handler is not None:  # None: a malformed scp command, already answered with status 1
-            self.task = asyncio.get_running_loop().create_task(self._serve(handler, self.gateway))
-
-    async def _serve(self, handler: Awaitable[None], gateway: TransferGateway) -> None:
-        try:
-            await handler
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a client that vanished, or a bug: this channel ends, the daemon goes on
-            if not isinstance(e, (EOFError, ConnectionError, asyncssh.Error)):
-                log.exception("transfer session %s failed", self.ctx.session)
-            gateway.failures += 1
-            await gateway.exit()
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        self._stream.data_received(data, datatype)
-
-    def eof_received(self) -> bool:
-        if self.gateway is not None:
-            self.gateway.client_ended = True
-        return bool(self._stream.eof_received())
-
-    def pause_writing(self) -> None:
-        self._stream.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._stream.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.gateway is not None:
-            self.gateway.client_ended = True
-        self._stream.connection_lost(exc)
 
 
 class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]

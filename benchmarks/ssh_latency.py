@@ -54,8 +54,8 @@ CATEGORIES = (
     ("ciphers + MAC (asyncssh/crypto, encryption.py, mac.py)", r"asyncssh/(crypto/|encryption\.py|mac\.py)"),
     ("recording (recorders/)", r"/recorders/"),
     ("audit (bastion/audit.py)", r"bastion/audit\.py"),
-    ("session, relay (bastion/session.py, proxies/ssh.py, proxyjump.py)",
-     r"bastion/(session|proxyjump|proxies/ssh)\.py"),
+    ("session, relay (bastion/session.py, session_ssh.py, proxies/ssh.py, proxyjump.py)",
+     r"bastion/(session|session_ssh|proxyjump|proxies/ssh)\.py"),
     ("SSH packets, channels (rest of asyncssh)", r"asyncssh/"),
     ("socket I/O, event loop (asyncio, selectors)", r"asyncio/|selectors\.py"),
 )

@@ -4,10 +4,13 @@ Use from a test module with ``pytest_plugins = ["sshd_fixtures"]``. The sshd
 trusts a user CA given at start (the bastion's target CA) through
 ``TrustedUserCAKeys``, also accepts one plain key (for the ``identity``
 fallback), and presents both a plain host key and a host certificate.
+:func:`bastion_with_sshd` starts a bastion and such an sshd together, and
+:func:`wait_recording` finds a session's recording once it shows some text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from peers import Bastion, bastion_cli
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -146,3 +150,34 @@ def make_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[st
     yield make
     for sshd in started:
         sshd.stop()
+
+
+@contextlib.contextmanager
+def bastion_with_sshd(directory: Path, issuer: str, make_sshd: Callable[[str], Sshd],
+                      targets: Callable[[Sshd], str]) -> Iterator[tuple[Bastion, Sshd]]:
+    """A bastion made by `bastion init` in ``directory`` with config ``targets(sshd)``, and an sshd that trusts
+    its target CA; the bastion is stopped at the end (the sshd with ``make_sshd``'s)."""
+    made = bastion_cli("init", "--dir", str(directory), "--oidc-issuer", issuer)
+    assert made.returncode == 0, made.stderr
+    assert "TrustedUserCAKeys" in made.stdout
+    line = bastion_cli("target-ca", "-c", str(directory / "bastion.yaml"))
+    assert line.returncode == 0, line.stderr
+    sshd = make_sshd(line.stdout.strip())
+    bastion = Bastion(directory, issuer)
+    bastion.write_config(body=targets(sshd))
+    bastion.start()
+    try:
+        yield bastion, sshd
+    finally:
+        bastion.stop()
+
+
+def wait_recording(bastion: Bastion, session: str | None, text: str) -> Path:
+    """The recording of ``session`` once ``text`` is in it (the recorder writes behind); fails after 10 s."""
+    deadline = time.monotonic() + 10
+    while True:
+        path = next((bastion.state / "recordings").rglob(f"{session}.cast"), None)
+        if path is not None and text in path.read_text():
+            return path
+        assert time.monotonic() < deadline, f"{text!r} is not in the recording of {session}"
+        time.sleep(0.1)

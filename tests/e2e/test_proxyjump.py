@@ -14,18 +14,15 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncssh
 import pexpect
 import pytest
 from oidc_issuer import OidcIssuer
-from peers import BIN, Bastion, Client, bastion_cli, strip_ansi
+from peers import BIN, Bastion, Client, strip_ansi
+from sshd_fixtures import Sshd, bastion_with_sshd, wait_recording
 
 from recorders.asciicast import iter_events
-
-if TYPE_CHECKING:
-    from sshd_fixtures import Sshd
 
 pytest_plugins = ["sshd_fixtures"]
 
@@ -56,17 +53,8 @@ policies:
 def hosts(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer,
           make_sshd: Callable[[str], Sshd]) -> Iterator[tuple[Bastion, Sshd]]:
     """A bastion (made by `bastion init`) and an sshd that trusts its target CA."""
-    directory = tmp_path_factory.mktemp("proxyjump")
-    made = bastion_cli("init", "--dir", str(directory), "--oidc-issuer", oidc_issuer.issuer)
-    assert made.returncode == 0, made.stderr
-    line = bastion_cli("target-ca", "-c", str(directory / "bastion.yaml"))
-    assert line.returncode == 0, line.stderr
-    sshd = make_sshd(line.stdout.strip())
-    bastion = Bastion(directory, oidc_issuer.issuer)
-    bastion.write_config(body=_targets(sshd))
-    bastion.start()
-    yield bastion, sshd
-    bastion.stop()
+    with bastion_with_sshd(tmp_path_factory.mktemp("proxyjump"), oidc_issuer.issuer, make_sshd, _targets) as hosts:
+        yield hosts
 
 
 @pytest.fixture
@@ -118,16 +106,6 @@ def olive(bastion: Bastion, tmp_path: Path, oidc_issuer: OidcIssuer) -> Jumper:
     return Jumper(_person(bastion, tmp_path / "olive", oidc_issuer, "olive", ["ops"]), "olive")
 
 
-def _cast(bastion: Bastion, session: str | None, text: str) -> Path:
-    deadline = time.monotonic() + 10
-    while True:
-        path = next((bastion.state / "recordings").rglob(f"{session}.cast"), None)
-        if path is not None and text in path.read_text():
-            return path
-        assert time.monotonic() < deadline, f"{text!r} is not in the recording of {session}"
-        time.sleep(0.1)
-
-
 def test_the_known_hosts_lines_cover_the_bastion_and_target_names(olive: Jumper) -> None:
     lines = olive.client.known_hosts.read_text().splitlines()
     assert [line.split()[:2] for line in lines] == [
@@ -145,7 +123,7 @@ def test_exec_through_proxyjump_prints_and_exits_with_the_remote_status(olive: J
     assert login.target == "web-1"
     run = bastion.wait_event("ssh.run", lambda e: e.detail.get("command") == "echo hi; exit 3")
     assert (run.user, run.target, run.detail["exit_status"]) == ("olive", "web-1", 3)
-    cast = _cast(bastion, run.session, "hi")
+    cast = wait_recording(bastion, run.session, "hi")
     assert "run web-1: exit status 3" in [e.data for e in iter_events(cast) if e.code == "m"]
 
 
@@ -187,7 +165,7 @@ def test_an_interactive_pty_session_through_proxyjump_is_recorded(olive: Jumper,
     assert child.exitstatus == 5
     event = bastion.wait_event("ssh.session", lambda e: e.user == "olive" and e.detail["exit_status"] == 5)
     assert event.target == "web-1"
-    events = list(iter_events(_cast(bastion, event.session, "sum=42")))
+    events = list(iter_events(wait_recording(bastion, event.session, "sum=42")))
     assert "echo now=$(stty size)\r" in "".join(e.data for e in events if e.code == "i")  # keystrokes
     assert ("r", "100x40") in [(e.code, e.data) for e in events]
     assert "now=40 100" in strip_ansi("".join(e.data for e in events if e.code == "o"))
@@ -211,7 +189,7 @@ def test_revoking_the_certificate_ends_a_session_through_the_jump(bastion: Basti
     child.expect(pexpect.EOF)
     assert time.monotonic() - started < 5
     ended = bastion.wait_event("session.ended", lambda e: e.user == "rita")
-    marks = [e.data for e in iter_events(_cast(bastion, ended.session, "up-2")) if e.code == "m"]
+    marks = [e.data for e in iter_events(wait_recording(bastion, ended.session, "up-2")) if e.code == "m"]
     assert "session ending: your certificate has been revoked; this session is over." in marks
 
 

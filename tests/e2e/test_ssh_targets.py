@@ -15,19 +15,16 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncssh
 import pexpect
 import pytest
 from oidc_issuer import OidcIssuer
-from peers import Bastion, Client, bastion_cli, strip_ansi
+from peers import Bastion, Client, strip_ansi
+from sshd_fixtures import Sshd, bastion_with_sshd, wait_recording
 
 from bastion.sshcert import parse_certificate
 from recorders.asciicast import iter_events
-
-if TYPE_CHECKING:
-    from sshd_fixtures import Sshd
 
 pytest_plugins = ["sshd_fixtures"]
 
@@ -61,18 +58,8 @@ policies:
 def hosts(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer,
           make_sshd: Callable[[str], Sshd]) -> Iterator[tuple[Bastion, Sshd]]:
     """A bastion (made by `bastion init`) and an sshd that trusts its target CA."""
-    directory = tmp_path_factory.mktemp("ssh-targets")
-    made = bastion_cli("init", "--dir", str(directory), "--oidc-issuer", oidc_issuer.issuer)
-    assert made.returncode == 0, made.stderr
-    assert "TrustedUserCAKeys" in made.stdout
-    line = bastion_cli("target-ca", "-c", str(directory / "bastion.yaml"))
-    assert line.returncode == 0, line.stderr
-    sshd = make_sshd(line.stdout.strip())
-    bastion = Bastion(directory, oidc_issuer.issuer)
-    bastion.write_config(body=_targets(sshd))
-    bastion.start()
-    yield bastion, sshd
-    bastion.stop()
+    with bastion_with_sshd(tmp_path_factory.mktemp("ssh-targets"), oidc_issuer.issuer, make_sshd, _targets) as hosts:
+        yield hosts
 
 
 @pytest.fixture
@@ -140,18 +127,8 @@ def test_run_is_audited_and_recorded(olive: Client, bastion: Bastion) -> None:
     event = bastion.wait_event("ssh.run", lambda e: "audited" in e.detail.get("command", ""))
     assert (event.user, event.target, event.detail["exit_status"]) == ("olive", "web-1", 2)
     assert event.detail["duration"] >= 0
-    cast = _cast(bastion, event.session, "audited-6")
+    cast = wait_recording(bastion, event.session, "audited-6")
     assert "run web-1: exit status 2" in [e.data for e in iter_events(cast) if e.code == "m"]
-
-
-def _cast(bastion: Bastion, session: str | None, text: str) -> Path:
-    deadline = time.monotonic() + 10
-    while True:
-        path = next((bastion.state / "recordings").rglob(f"{session}.cast"), None)
-        if path is not None and text in path.read_text():
-            return path
-        assert time.monotonic() < deadline, f"{text!r} is not in the recording of {session}"
-        time.sleep(0.1)
 
 
 class Terminal:
@@ -195,7 +172,7 @@ def test_connect_runs_a_recorded_pty_session_and_reports_its_exit(olive: Client,
     term.child.expect(pexpect.EOF)
     event = bastion.wait_event("ssh.session", lambda e: e.user == "olive")
     assert (event.target, event.detail["exit_status"]) == ("web-1", 3)
-    cast = _cast(bastion, event.session, "sum=42")
+    cast = wait_recording(bastion, event.session, "sum=42")
     events = list(iter_events(cast))
     typed = "".join(e.data for e in events if e.code == "i")
     assert "echo still-there\r" in typed and "\x03" in typed  # keystroke by keystroke
@@ -255,7 +232,7 @@ def test_the_upstream_certificate_is_minted_per_session_and_never_leaves(olive: 
     key_blob = _certified_key(base64.b64decode(blob_text))  # the ephemeral public key, as OpenSSH writes it
     asyncssh.import_public_key(f"ssh-ed25519 {key_blob}")  # really a key: the search below can fail
     event = bastion.wait_event("ssh.run", lambda e: "copied" in e.detail.get("command", ""))
-    _cast(bastion, event.session, "copied")
+    wait_recording(bastion, event.session, "copied")
     places = [bastion.state / "audit.db", bastion.state / "audit.db-wal", bastion.log,
               *(bastion.state / "recordings").rglob("*")]
     for path in places:
