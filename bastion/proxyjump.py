@@ -47,7 +47,8 @@ from .errors import BastionError
 from .keys import HOST_CERT_LIFETIME, sign_host_certificate
 from .proxies.ssh import HIGH_WATER
 from .server import ConnectionHandler, ContextLog, server_options
-from .session import BastionSession, InputSink, SessionContext
+from .session import BastionSession, InputSink
+from .session_context import SessionContext
 from .sshaccess import upstream_for
 from .sshcert import CertInfo
 

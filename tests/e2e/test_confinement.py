@@ -63,8 +63,8 @@ def test_x11_forwarding_is_refused(client: Client, oidc_issuer: OidcIssuer) -> N
 
 
 def _session_modules() -> list[Path]:
-    return [*(ROOT / "shell").glob("*.py"), ROOT / "bastion" / "session.py", ROOT / "bastion" / "session_ssh.py",
-            ROOT / "bastion" / "server.py"]
+    return [*(ROOT / "shell").glob("*.py"), *(ROOT / "bastion").glob("session*.py"), ROOT / "bastion" / "server.py",
+            ROOT / "bastion" / "proxyjump.py"]
 
 
 @pytest.mark.parametrize("path", _session_modules(), ids=lambda p: p.name)
