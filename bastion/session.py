@@ -279,7 +279,9 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
                 self._recording_failed(str(e))
 
     def end(self, message: str) -> None:
-        """End this session from the bastion's side, telling the user why."""
+        """End this session from the bastion's side, telling the user why; a forced end is an audit event."""
+        self.runtime.store.append("session.cut", user=self.auth.identity.user, source=self.handler.peer,
+                                  session=self.session_id, outcome="ended", reason=message)
         self.mark(f"session ending: {message}")
         if self.transfer is not None:  # stdout carries SFTP/SCP packets: the reason goes to stderr
             self.send(f"bastion: {message}\r\n".encode(), stderr=True)

@@ -272,6 +272,8 @@ class SqlAccess:
             transcript.output(_transcript_lines(event).encode())
 
         def end(why: str) -> None:  # the grant ended: so does this forwarded connection
+            runtime.store.append("session.cut", user=self.identity.user, source=self.source, target=self.target.name,
+                                 session=self.session, outcome="ended", reason=why)
             transcript.marker(f"forward ending: {why}")
             writer.close()
 

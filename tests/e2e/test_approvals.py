@@ -394,5 +394,7 @@ def test_revoking_a_grant_ends_the_session_under_it_within_seconds(jit: Bastion,
     term.expect(f"grant {grant} was revoked by bob: done for today", timeout=10)
     term.expect(pexpect.EOF, timeout=10)
     assert time.monotonic() - started < 5
+    cut = jit.wait_event("session.cut", lambda e: e.user == "rex")  # the forced end is an audit event
+    assert f"grant {grant} was revoked by bob" in cut.detail["reason"]
     after = rex.ssh("rex", "sql", "pg-prod", "select 1")  # no grant any more: it would need a new request
     assert after.returncode == 3 and "requires a reason" in after.stderr
