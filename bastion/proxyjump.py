@@ -25,8 +25,9 @@ each session, which holds its grant (if its policy needs one) as ``connect`` doe
 - The inner username must be the certificate's principal, the bastion
   username: ``ssh -J alice@bastion alice@web-1``. The bastion logs in upstream
   as the target's configured ``login``.
-- SFTP and scp on the inner connection are refused with a message naming the
-  gateway path (``scp FILE bastion:/web-1/PATH``), where transfer policy applies.
+- SFTP and scp (``scp -O`` too) on the inner connection go to the file gateway
+  rooted at the target: the client's ``/tmp/x`` is the gateway's ``/web-1/tmp/x``,
+  with its transfer policy, hashing, size caps, approvals and audit.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 
 SSH_PORT = 22
 RESIGN_BEFORE = 86400.0  # re-sign a target's host certificate when it has less than a day left
-EXIT_REFUSED = 1
 
 _host_keys: dict[tuple[bytes, tuple[str, ...]], tuple[asyncssh.SSHKey, asyncssh.SSHCertificate, float]] = {}
 
@@ -165,6 +165,8 @@ class JumpSession(BastionSession):
     def __init__(self, handler: JumpHandler) -> None:
         super().__init__(handler)
         self._typed_ahead = bytearray()  # a shell's keystrokes before the relay is there
+        # sftp and scp see the target's own paths; the gateway applies its policy, hashing and audit as to /NAME/...
+        self.transfer_root = handler.target.name
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         super().data_received(data, datatype)  # recorded; a command's stdin is kept there
@@ -208,12 +210,5 @@ class JumpSession(BastionSession):
             self._finish(f"bastion: {outcome.message.rstrip()}\r\n", outcome.code)
 
     def _start_transfer(self) -> None:
-        name = self.handler.target.name
-        what = "sftp" if self.command is None else "scp"
-        self.runtime.store.append("transfer.refused", user=self.auth.identity.user, source=self.handler.peer,
-                                  target=name, session=self.session_id, outcome="deny", rule="proxyjump",
-                                  reason=f"{what} through ssh -J")
-        self.mark(f"{what} through ssh -J {name}: refused")
-        self._finish(f"bastion: {what} through ssh -J is not offered; files cross through the bastion's gateway, "
-                     f"where transfer policy applies: scp FILE bastion:/{name}/PATH, or sftp bastion then "
-                     f"cd {name}\r\n", EXIT_REFUSED)
+        self.mark(f"{'sftp' if self.command is None else 'scp'} through ssh -J {self.handler.target.name}")
+        super()._start_transfer()

@@ -100,6 +100,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         self._stdin = bytearray()
         self._stdin_closed = asyncio.Event()
         self.transfer: TransferChannel | None = None  # the sftp subsystem or an scp command: the file gateway
+        self.transfer_root: str | None = None  # a target whose / is the client's / there (ssh -J); None: all
 
     # -- asyncssh callbacks ----------------------------------------------------
 
@@ -328,7 +329,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         opener = connector_opener(self.runtime, user, self.session_id, peer, self.mark)
         self.transfer = TransferChannel(GatewayContext(
             self.runtime, user, self.session_id, peer, self.mark,
-            lambda line: self.send(f"{line}\n".encode(), stderr=True), opener))
+            lambda line: self.send(f"{line}\n".encode(), stderr=True), opener, root=self.transfer_root))
         self.transfer.start(self.chan)
 
     def _recording_failed(self, reason: str) -> None:

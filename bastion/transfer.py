@@ -5,6 +5,11 @@ A session channel that asks for the ``sftp`` subsystem, or runs ``scp`` (legacy
 which runs asyncssh's own SFTP or SCP server code over :class:`TransferGateway`.
 OpenSSH 9's ``scp`` speaks SFTP, so all three clients meet the same policy code.
 
+Inside ``ssh -J`` (``sftp -J bastion web-1``) the gateway is rooted at that one
+target (:attr:`GatewayContext.root`): the client's ``/tmp/x`` is ``/web-1/tmp/x``
+here, its relative paths start at the host's home, and everything below is the
+same code, so the same policy, hashing, caps, approvals and audit apply.
+
 The gateway never touches the bastion's own filesystem: every method of
 :class:`asyncssh.SFTPServer` is overridden, and what is not supported is refused.
 Each target is reached through one upstream SFTP client per session, opened on
@@ -75,6 +80,7 @@ class GatewayContext:
     mark: Callable[[str], None]      # a marker in the session's recording
     notify: Callable[[str], None]    # a line to the client's stderr (recorded as output)
     opener: UpstreamOpener
+    root: str | None = None          # one target's name: its / is the client's / (``sftp -J bastion web-1``)
 
 
 class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
@@ -90,6 +96,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         self._conns: list[asyncssh.SSHClientConnection] = []
         self._opening: dict[str, asyncio.Lock] = {}
         self._files = 0
+        self._home: str | None = None  # the rooted target's realpath of ".", where relative paths start
         approvals = self.runtime.approvals
         self._requests = TransferRequests(approvals) if approvals is not None else None
         self._quarantine = Quarantine(self.runtime.config.state_dir / "quarantine")
@@ -102,17 +109,35 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     def _now(self) -> float:
         return self.runtime.clock()
 
-    @staticmethod
-    def _split(path: bytes) -> tuple[str | None, str]:
-        """(target name or None for ``/``, path inside the target); relative paths start at ``/``."""
+    async def _split(self, path: bytes) -> tuple[str | None, str]:
+        """(target name or None for ``/``, path inside the target) of a path the client sent.
+
+        In the virtual tree, relative paths start at ``/``. Rooted at one target
+        (``sftp -J bastion web-1``), the client's ``P`` is ``/web-1/P``, and its
+        relative paths start where the host's own ``realpath('.')`` says.
+        """
+        text = _text(path)
+        root = self.ctx.root
+        if root is not None and not text.startswith("/"):
+            text = posixpath.join(await self._home_of(root), text)
         try:
-            virtual = normalise(path.decode("utf-8", "surrogateescape"))
+            virtual = normalise(text)  # on its own, so in a rooted session no `..` climbs above the host's /
         except PathError as e:
             raise asyncssh.SFTPInvalidParameter(str(e)) from None
+        if root is not None:
+            return root, virtual
         if virtual == "/":
             return None, "/"
         name, _, rest = virtual[1:].partition("/")
         return name, "/" + rest
+
+    async def _home_of(self, name: str) -> str:
+        """The rooted target's working directory for the bastion's login there, asked once."""
+        if self._home is None:
+            target, _ = self._access(name)
+            client = await self._client(target)
+            self._home = normalise(_text(await client.realpath(b".")))
+        return self._home
 
     def _access(self, name: str) -> tuple[TargetConfig, Decision]:
         """The target and the engine's ``transfer`` decision; unknown or hidden targets look absent."""
@@ -197,8 +222,10 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
 
     # -- browsing -----------------------------------------------------------------------
 
-    def realpath(self, path: bytes) -> bytes:
-        name, inner = self._split(path)
+    async def realpath(self, path: bytes) -> bytes:
+        name, inner = await self._split(path)
+        if self.ctx.root is not None:
+            return _b(inner)  # the host's own path: the client never sees the virtual tree
         return b"/" if name is None else _b(f"/{name}{inner}".rstrip("/") or "/")
 
     async def stat(self, path: bytes) -> asyncssh.SFTPAttrs:
@@ -208,7 +235,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         return await self._stat(path, follow=False)
 
     async def _stat(self, path: bytes, *, follow: bool) -> asyncssh.SFTPAttrs:
-        name, inner = self._split(path)
+        name, inner = await self._split(path)
         if name is None:
             return _dir_attrs(self._now())
         target, access = self._access(name)
@@ -219,7 +246,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         return await (client.stat(_b(inner)) if follow else client.lstat(_b(inner)))
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
-        name, inner = self._split(path)
+        name, inner = await self._split(path)
         if name is None:
             now = self._now()
             for entry in (".", "..", *self._targets()):
@@ -246,9 +273,10 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     async def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> Stream:
         writing = bool(pflags & _WRITE_FLAGS)
         direction = Direction.UPLOAD if writing else Direction.DOWNLOAD
-        name, inner = self._split(path)
+        name, inner = await self._split(path)
         if name is None or inner == "/":
             raise asyncssh.SFTPPermissionDenied(
+                f"{name}:/ is a directory" if self.ctx.root is not None else
                 "files live inside a target's directories: use a path such as /web-1/tmp/file (`ls /` lists targets)")
         if (writing and pflags & asyncssh.FXF_READ) or pflags & asyncssh.FXF_APPEND:
             raise self._refused(name, inner, TransferDecision(
@@ -472,8 +500,8 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     async def _change(self, action: str, path: bytes, new_path: bytes | None = None
                       ) -> tuple[asyncssh.SFTPClient, str, str, str | None]:
         """Decide a change (and audit a refusal); the client, target, path and new path when allowed."""
-        name, inner = self._split(path)
-        new_name, new_inner = self._split(new_path) if new_path is not None else (name, None)
+        name, inner = await self._split(path)
+        new_name, new_inner = await self._split(new_path) if new_path is not None else (name, None)
         if name is None or inner == "/" or new_name is None or new_inner == "/":
             raise asyncssh.SFTPPermissionDenied("the bastion's / and each target's / cannot be changed here")
         if new_name != name:

@@ -3,33 +3,42 @@
 The real OpenSSH client runs both hops with StrictHostKeyChecking=yes and only
 the known_hosts lines the certificate exchange returns (what `bastion login`
 writes); a real sshd is the target and trusts only the bastion's target CA.
+`sftp -J` and `scp -J` meet the bastion's file gateway, rooted at the target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
 import subprocess
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pexpect
 import pytest
 from oidc_issuer import OidcIssuer
-from peers import BIN, Bastion, Client, strip_ansi
+from peers import BIN, Bastion, Client, have, strip_ansi
 from sshd_fixtures import Sshd, bastion_with_sshd, wait_recording
 
 from recorders.asciicast import iter_events
 
-pytest_plugins = ["sshd_fixtures"]
+pytest_plugins = ["transfer_fixtures"]  # the target sshd serves SFTP
+
+
+def _files(sshd: Sshd) -> Path:
+    return sshd.directory / "files"
 
 
 def _targets(sshd: Sshd) -> str:
     address = f"127.0.0.1:{sshd.port}"
     pin = f'host_key: "{sshd.host_key_line}"'
+    files = _files(sshd)
     return f"""
 targets:
   web-1:      {{kind: ssh, address: "{address}", login: {sshd.login}, {pin}, labels: {{env: test}}}}
@@ -39,7 +48,11 @@ targets:
   web-prod:   {{kind: ssh, address: "{address}", login: {sshd.login}, {pin}, labels: {{env: prod}}}}
 policies:
   # No port_forwarding: reaching an SSH target is enough for the certificate to permit -J's channel.
-  - {{name: ops-test, subjects: {{groups: [ops]}}, targets: {{labels: {{env: test}}}}, access: allow}}
+  - name: ops-test
+    subjects: {{groups: [ops]}}
+    targets: {{labels: {{env: test}}}}
+    access: allow
+    transfer: {{upload: true, download: true, allow_paths: [{files}], deny_paths: [{files}/secret]}}
   - {{name: dev-dev, subjects: {{groups: [dev]}}, targets: {{labels: {{env: dev}}}}, access: allow}}
   - name: ops-prod
     subjects: {{groups: [ops]}}
@@ -51,15 +64,24 @@ policies:
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory, oidc_issuer: OidcIssuer,
-          make_sshd: Callable[[str], Sshd]) -> Iterator[tuple[Bastion, Sshd]]:
-    """A bastion (made by `bastion init`) and an sshd that trusts its target CA."""
-    with bastion_with_sshd(tmp_path_factory.mktemp("proxyjump"), oidc_issuer.issuer, make_sshd, _targets) as hosts:
+          make_sftpd: Callable[[str], Sshd]) -> Iterator[tuple[Bastion, Sshd]]:
+    """A bastion (made by `bastion init`) and an sshd that trusts its target CA and serves SFTP."""
+    with bastion_with_sshd(tmp_path_factory.mktemp("proxyjump"), oidc_issuer.issuer, make_sftpd, _targets) as hosts:
+        (_files(hosts[1]) / "secret").mkdir(parents=True)
         yield hosts
 
 
 @pytest.fixture
 def bastion(hosts: tuple[Bastion, Sshd]) -> Bastion:
     return hosts[0]
+
+
+@pytest.fixture
+def files(hosts: tuple[Bastion, Sshd]) -> Path:
+    """The directory on web-1 that the transfer policy opens (its `secret/` denied)."""
+    if not (have("sftp") and have("scp")):
+        pytest.skip("the OpenSSH sftp and scp clients are not installed")
+    return _files(hosts[1])
 
 
 class Jumper:
@@ -93,6 +115,20 @@ class Jumper:
     def ssh(self, target: str, command: str, *extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.args(*extra), f"{self.user}@{target}", command], capture_output=True,
                               text=True, timeout=30, env=self.client.env(), stdin=subprocess.DEVNULL)
+
+    def scp(self, *args: str, legacy: bool = False) -> subprocess.CompletedProcess[str]:
+        """`scp -J bastion ...` (SFTP mode unless ``legacy``, which is `scp -O`)."""
+        return subprocess.run(["scp", *(["-O"] if legacy else []), "-F", str(self.config), "-J", "bastion", *args],
+                              capture_output=True, text=True, timeout=30, env=self.client.env(),
+                              cwd=self.client.home, stdin=subprocess.DEVNULL)
+
+    def sftp(self, batch: str) -> subprocess.CompletedProcess[str]:
+        """An `sftp -J bastion` batch to web-1; every command must succeed for exit status 0."""
+        path = self.client.home / "batch"
+        path.write_text(batch)
+        return subprocess.run(["sftp", "-F", str(self.config), "-J", "bastion", "-b", str(path),
+                               f"{self.user}@web-1"], capture_output=True, text=True, timeout=30,
+                              env=self.client.env(), cwd=self.client.home, stdin=subprocess.DEVNULL)
 
 
 def _person(bastion: Bastion, home: Path, issuer: OidcIssuer, user: str, groups: list[str]) -> Client:
@@ -262,11 +298,80 @@ def test_what_cannot_be_terminated_is_refused_never_passed_through(olive: Jumper
     assert (event.rule, event.outcome) == ("proxyjump", "deny")
 
 
-def test_sftp_through_the_jump_is_refused_with_the_gateway_path(olive: Jumper, tmp_path: Path) -> None:
-    done = subprocess.run(["sftp", "-F", str(olive.config), "-J", "bastion", "olive@web-1"], input="ls\n",
-                          capture_output=True, text=True, timeout=30, env=olive.client.env())
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _transfer(bastion: Bastion, path: Path, direction: str) -> Any:
+    return bastion.wait_event("transfer", lambda e: e.user == "olive" and e.detail["path"] == str(path)
+                              and e.detail["direction"] == direction)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["sftp-mode", "scp-O"])
+def test_scp_through_the_jump_keeps_the_sha256_both_ways_and_is_audited(
+        olive: Jumper, bastion: Bastion, files: Path, legacy: bool) -> None:
+    name = f"jump-{'legacy' if legacy else 'sftp'}.bin"
+    local = olive.client.home / name
+    local.write_bytes(os.urandom(2_000_000))
+    up = olive.scp(str(local), f"olive@web-1:{files}/{name}", legacy=legacy)
+    assert up.returncode == 0, up.stderr
+    assert _sha256(files / name) == _sha256(local)
+    down = olive.scp(f"olive@web-1:{files}/{name}", str(olive.client.home / "back.bin"), legacy=legacy)
+    assert down.returncode == 0, down.stderr
+    assert _sha256(olive.client.home / "back.bin") == _sha256(local)
+    for direction in ("upload", "download"):  # the host's own path, as the gateway's /web-1/... would have it
+        event = _transfer(bastion, files / name, direction)
+        assert (event.outcome, event.target, event.rule) == ("ok", "web-1", "ops-test")
+        assert (event.detail["bytes"], event.detail["sha256"]) == (2_000_000, _sha256(local))
+    started = bastion.wait_event("session.started", lambda e: e.session == event.session)
+    assert started.detail["mode"] == ("scp" if legacy else "sftp")
+    marks = [e.data for e in iter_events(wait_recording(bastion, event.session, "download web-1")) if e.code == "m"]
+    assert f"{'scp' if legacy else 'sftp'} through ssh -J web-1" in marks
+    assert any(m.startswith(f"transfer download web-1:{files}/{name} ok") for m in marks), marks
+
+
+def test_sftp_through_the_jump_sees_the_host_s_own_paths(olive: Jumper, bastion: Bastion, files: Path,
+                                                         hosts: tuple[Bastion, Sshd]) -> None:
+    local = olive.client.home / "notes.txt"
+    local.write_text("through the jump\n")
+    done = olive.sftp(f"""\
+pwd
+cd {files}
+put notes.txt
+ls -l
+get notes.txt copy.txt
+rm notes.txt
+""")
+    assert done.returncode == 0, done.stderr
+    home = os.path.realpath(pwd.getpwnam(hosts[1].login).pw_dir)
+    assert f"Remote working directory: {home}\n" in done.stdout  # the host's home, not a gateway path
+    assert "notes.txt" in done.stdout and "/web-1" not in done.stdout
+    assert (olive.client.home / "copy.txt").read_text() == "through the jump\n"
+    assert not (files / "notes.txt").exists()
+    up = _transfer(bastion, files / "notes.txt", "upload")
+    assert up.outcome == "ok" and up.detail["sha256"] == _sha256(local)
+    removed = bastion.wait_event("transfer.change", lambda e: e.session == up.session)
+    assert (removed.detail["action"], removed.detail["path"]) == ("remove", f"{files}/notes.txt")
+
+
+def test_the_transfer_policy_refuses_through_the_jump_with_its_reason(olive: Jumper, bastion: Bastion,
+                                                                      files: Path,
+                                                                      hosts: tuple[Bastion, Sshd]) -> None:
+    local = olive.client.home / "denied.txt"
+    local.write_text("no\n")
+    done = olive.scp(str(local), f"olive@web-1:{files}/secret/denied.txt")
     assert done.returncode != 0
-    assert "scp FILE bastion:/web-1/PATH" in done.stderr
+    assert "which policy ops-test denies" in done.stderr, done.stderr
+    assert not (files / "secret" / "denied.txt").exists()
+    refused = [e for e in bastion.events() if e.kind in ("transfer", "transfer.browse") and e.user == "olive"
+               and e.outcome == "deny" and e.detail.get("path") == f"{files}/secret/denied.txt"]
+    assert refused and "which policy ops-test denies" in refused[-1].detail["reason"]
+    # A relative path starts at the login's home on the host, which this policy does not open.
+    home = os.path.realpath(pwd.getpwnam(hosts[1].login).pw_dir)
+    relative = olive.scp("olive@web-1:nothere.txt", str(olive.client.home / "nothere.txt"), legacy=True)
+    assert relative.returncode != 0 and "outside the paths policy ops-test allows" in relative.stderr
+    assert any(e.detail.get("path") == f"{home}/nothere.txt" for e in bastion.events("transfer.browse")
+               if e.user == "olive")
 
 
 def test_ansible_ping_through_the_bastion(olive: Jumper, bastion: Bastion, tmp_path: Path) -> None:
@@ -284,6 +389,7 @@ def test_ansible_ping_through_the_bastion(olive: Jumper, bastion: Bastion, tmp_p
                           text=True, timeout=90, env=env, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "web-1 | SUCCESS" in done.stdout and '"ping": "pong"' in done.stdout
-    # Its module ran as commands through the bastion (files by the piped fallback: sftp is refused), each audited.
+    # Its module ran as commands through the bastion, each audited (its files by the piped fallback: the
+    # gateway refuses its sftp and scp uploads, which fall outside the paths the transfer policy opens).
     ran = bastion.wait_event("ssh.run", lambda e: e.user == "olive" and "/usr/bin/python3" in e.detail["command"])
     assert (ran.target, ran.detail["exit_status"]) == ("web-1", 0)
