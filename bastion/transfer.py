@@ -196,9 +196,12 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
             return client
 
     async def _host_path(self, client: asyncssh.SFTPClient, inner: str) -> str:
-        """Where ``inner`` really is on the host: its directory resolved there (links followed), plus its name."""
+        """Where ``inner`` really is on the host, links followed, its last component too; for a name that does
+        not exist yet, its directory resolved there plus the name."""
         if inner == "/":
             return "/"
+        with contextlib.suppress(asyncssh.SFTPError):  # a link as the last component must not escape the policy
+            return normalise(_text(await client.realpath(_b(inner))))
         parent, name = posixpath.split(inner)
         try:
             real = await client.realpath(_b(parent))
@@ -439,6 +442,9 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     async def _close_upload(self, stream: Stream) -> None:
         assert stream.hash is not None
         done = TransferSpec(Direction.UPLOAD, stream.path, stream.crossed, stream.hash.hexdigest())
+        if done.sha256 is None:  # a gap or a rewrite: what arrived has no hash to audit or to match an approval
+            await self._fail(stream, "deny", f"upload of {stream.target}:{stream.path} refused: it was not written "
+                                             "front to back, so its sha256 is unknown; the file was removed")
         if stream.held is not None:  # the bytes were hashed, not sent: file the request that names them
             filed = self._file(stream.held, stream.target, done, stream.rule)
             stream.request = filed

@@ -10,6 +10,7 @@ reason, fast, and be audited too.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -397,3 +398,43 @@ def test_a_revoked_certificate_ends_an_sftp_session_with_its_reason_on_stderr(ba
     out, err = session.communicate("ls /\n", timeout=TIMEOUT)
     assert "your certificate has been revoked" in err  # not written into the SFTP stream, where it would corrupt it
     assert "web-1" in out  # the listing before the end came through intact
+
+
+def test_a_link_cannot_lead_a_download_or_a_chmod_out_of_the_policy(bastion: Bastion, olive: Client,
+                                                                     files: Path) -> None:
+    secret = files / "secret"
+    secret.mkdir(exist_ok=True)
+    (secret / "key").write_text("TOP SECRET\n")
+    (secret / "key").chmod(0o600)
+    link = files / "innocent.txt"  # inside the allowed files/, pointing into the denied files/secret
+    link.unlink(missing_ok=True)
+    link.symlink_to(secret / "key")
+    got = sftp(olive, "olive", f"get /web-1{files}/innocent.txt got.txt\n")
+    assert got.returncode != 0 and "through a link" in got.stderr
+    assert not (olive.home / "got.txt").exists()
+    changed = sftp(olive, "olive", f"chmod 666 /web-1{files}/innocent.txt\n")
+    assert changed.returncode != 0
+    assert (secret / "key").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_approved_upload_must_arrive_front_to_back_with_its_sha256(bastion: Bastion, olive: Client,
+                                                                      files: Path) -> None:
+    random_file(olive.home / "gap.csv", 4000)
+    held = sftp(olive, "olive", f"put gap.csv /web-gate{files}/gap.csv\n", "-o", 'SetEnv=BASTION_REASON="gap"')
+    request = re.search(r"request (r-[0-9a-f]+) filed for upload", held.stderr)
+    assert request, held.stderr
+    _approve(bastion, request.group(1))
+    ssh = _paramiko(olive, bastion, "olive")
+    try:
+        client = ssh.open_sftp()
+        # Skipping byte 0 leaves no sha256 to match the approval (paramiko may not surface the refusal at close).
+        with contextlib.suppress(OSError), client.open(f"/web-gate{files}/gap.csv", "wb") as remote:
+            remote.seek(1)
+            remote.write(b"X" * 3999)
+        client.close()
+    finally:
+        ssh.close()
+    assert not (files / "gap.csv").exists()
+    refused = [e for e in transfers(bastion) if e.detail.get("path", "").endswith("gap.csv") and e.outcome == "deny"]
+    assert refused and "front to back" in refused[-1].detail["reason"]
+    assert not any(e.outcome == "ok" for e in transfers(bastion) if e.detail.get("path", "").endswith("gap.csv"))
