@@ -74,7 +74,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from pglast import parser
+from pglast import ast, parser
 
 from .sql_walk import DANGEROUS_FUNCTIONS, Facts, is_dangerous, node_kinds, walk
 
@@ -96,6 +96,11 @@ READ_ONLY_KINDS: frozenset[str] = frozenset({
     "select", "explain", "explain_analyze", "show", "set", "reset", "transaction", "cursor", "prepare",
     "deallocate", "listen", "copy_to",
 })
+
+
+# Settings that change how the server tokenises string literals. The classifier assumes their defaults, so
+# they are fixed for a session: changing one is refused, and the proxy ends a session that sees one change.
+STRING_SYNTAX_SETTINGS: frozenset[str] = frozenset({"standard_conforming_strings"})
 
 
 class SqlError(Exception):
@@ -160,6 +165,10 @@ def classify(sql: str) -> list[Statement]:
     data = sql.encode("utf-8")  # the parser reports byte offsets
     statements = []
     for item in raw:
+        if isinstance(item.stmt, ast.VariableSetStmt) and (item.stmt.name or "").lower() in STRING_SYNTAX_SETTINGS:
+            # This parser reads quotes and backslashes as the setting is now; changed, the server would not.
+            raise SqlError(f"{item.stmt.name} may not be changed through the bastion: its guardrails must read "
+                           "string literals exactly as the server does")
         start = item.stmt_location or 0
         end = start + item.stmt_len if item.stmt_len else len(data)
         text = data[start:end].decode("utf-8", "replace").strip()

@@ -467,3 +467,22 @@ def test_a_refused_duplicate_parse_keeps_the_statement_the_target_still_has(prox
     assert any(typ == "E" for typ, _ in replies)
     rows = _data_rows(replies)
     assert len(rows) == 1 and b"ada@example.com" not in rows[0]  # the old statement ran, masked as itself
+
+
+def test_a_session_whose_strings_would_be_misread_is_ended(proxy: Proxy) -> None:
+    # This inspector lets SET through (the real one refuses it); the proxy itself must still fail closed.
+    with proxy.connect() as c:
+        with pytest.raises(psycopg.Error, match="standard_conforming_strings"):
+            c.execute("SET standard_conforming_strings = off")
+            c.execute("SELECT 'a\\' , $$ ' ; SELECT 1; -- $$")
+        assert c.closed or c.broken
+
+
+def test_a_target_that_misreads_strings_from_the_start_is_refused(proxy_loop: ProxyLoop, pg_server: PgServer,
+                                                                   target: Upstream) -> None:
+    pg_server.create_role("oldstrings", APP_PASSWORD)
+    pg_server.psql("ALTER ROLE oldstrings SET standard_conforming_strings = off")
+    old = start_proxy(proxy_loop, Upstream(target.host, target.port, "oldstrings", APP_PASSWORD, "appdb",
+                                           name="pg-old"))
+    with pytest.raises(psycopg.OperationalError, match="standard_conforming_strings = off"):
+        old.connect()

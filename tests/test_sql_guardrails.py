@@ -442,3 +442,15 @@ def test_adding_a_deny_guardrail_never_loosens(existing: list[Guardrail], extra:
 
 def test_opaque_kinds_are_kinds() -> None:
     assert OPAQUE_KINDS <= KINDS
+
+
+@pytest.mark.parametrize("sql", [
+    "SET standard_conforming_strings = off", "set local standard_conforming_strings to off",
+    "SET SESSION standard_conforming_strings TO DEFAULT", "RESET standard_conforming_strings",
+    "SELECT 1; SET standard_conforming_strings = off",
+])
+def test_the_string_syntax_setting_cannot_be_changed(sql: str) -> None:
+    # With it off, 'a\' , $$ ' would end a string where this parser sees none: fail closed, whatever the policy.
+    with pytest.raises(SqlError, match="standard_conforming_strings may not be changed"):
+        classify(sql)
+    assert decide_sql((*POLICY, Guardrail(ALLOW, ("set", "other"), name="lenient")), sql).effect is DENY

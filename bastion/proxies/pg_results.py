@@ -17,7 +17,7 @@ from . import pg_handshake as hs
 from . import pgwire as w
 from .base import ByteWriter, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
 from .pg_state import Await, Pending, Result, Shape
-from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection
+from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection, refuse_string_syntax
 
 CHUNK = 256 * 1024
 MAX_SHAPES = 1024
@@ -52,6 +52,7 @@ class ResultRelay:
         self.inspector = inspector
         self.log = logger
         self.tables = TableNames(upstream, logger)
+        self.conn_label = upstream.label
         self.pending: deque[Pending] = deque()
         self.skipping = False        # the target reported an extended-protocol error: it skips to Sync
         self.undos: list[Callable[[], None]] = []  # Parse/Bind the target refused or skipped, in order
@@ -241,6 +242,10 @@ class ResultRelay:
             return self._mask_notification(body)
         if typ == w.PARAMETER_STATUS:
             name, value = hs.parse_parameter_status(body)
+            try:
+                refuse_string_syntax(self.conn_label, name, value)
+            except ProxyError as e:
+                raise NotAllowed(str(e)) from e  # statements after this point would be misread: end the session
             if name == "client_encoding" and value.upper() not in ("UTF8", "UTF-8", "UNICODE"):
                 self.log.warning("client_encoding is now %s: maskers expect UTF-8", value)
             return None

@@ -152,6 +152,8 @@ async def _startup(conn: UpstreamConnection, upstream: Upstream, params: dict[st
         elif typ == w.ERROR:
             raise _login_refused(upstream, dict(w.parse_fields(body)))
         elif typ in (w.PARAMETER_STATUS, w.NOTICE):
+            if typ == w.PARAMETER_STATUS:
+                refuse_string_syntax(upstream.label, *hs.parse_parameter_status(body))
             conn.startup.append(w.message(typ, body))
         elif typ == w.BACKEND_KEY:
             conn.pid, conn.key = hs.parse_backend_key(body)
@@ -192,6 +194,13 @@ def _authenticate(conn: UpstreamConnection, upstream: Upstream, code: int, body:
         # scramp's messages name the protocol step, never the password.
         raise UpstreamAuthError(f"SCRAM authentication with target {upstream.label} failed: {e}") from e
     return scram
+
+
+def refuse_string_syntax(label: str, name: str, value: str) -> None:
+    """Fail closed when the target reads string literals otherwise than the guardrails' parser does."""
+    if name == "standard_conforming_strings" and value.lower() != "on":
+        raise UpstreamError(f"target {label} runs with standard_conforming_strings = {value}: the bastion could "
+                            "not read its SQL as the server does, so it does not serve it; ask an admin to set it on")
 
 
 def _login_refused(upstream: Upstream, fields: dict[str, str]) -> UpstreamError:
