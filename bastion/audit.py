@@ -208,11 +208,11 @@ class AuditStore:
 
     def flush(self) -> None:
         """Write every deferred event, in one transaction; raise AuditError if that fails."""
+        if not self._queue or self._conn.in_transaction:
+            return  # inside a caller's transaction a rollback would take queued events with it: the timer stays
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        if not self._queue or self._conn.in_transaction:
-            return  # inside a caller's transaction, a rollback would take queued events with it: later
         queued = self._queue
         try:
             rows = [_row(q["kind"], q["user"], q["source"], q["target"], q["session"], q["rule"], q["outcome"],
@@ -379,8 +379,17 @@ class _Transaction:
             self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        if self._owner:
-            self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self._owner:
+            return
+        if exc_type:
+            self._conn.execute("ROLLBACK")
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that fails (SQLITE_BUSY) leaves the transaction open: every later write would join it.
+            self._conn.execute("ROLLBACK")
+            raise
 
 
 def _row(kind: str, user: str | None, source: str | None, target: str | None, session: str | None,

@@ -158,3 +158,15 @@ def test_a_batch_that_cannot_be_written_stops_further_statements(store: AuditSto
     asyncio.run(main())
     assert other_reader(store.path) == [(1, "SELECT 1"), (2, "SELECT 3")]
     assert store.verify_chain().ok
+
+
+def test_events_deferred_during_a_joined_transaction_still_get_their_timer(store: AuditStore) -> None:
+    async def main() -> list[tuple[int, str]]:
+        store.defer("sql.statement", sql="SELECT 1")
+        with store._immediate():  # e.g. an approval's transaction, whose own event joins it
+            store.append("request.filed", user="alice")
+        await asyncio.sleep(FLUSH_DELAY * 4)  # no other activity: only the timer can write the statement
+        return other_reader(store.path)
+
+    rows = asyncio.run(main())
+    assert (2, "SELECT 1") in rows or (1, "SELECT 1") in rows
