@@ -95,25 +95,28 @@ class CertificateAuthority:
         )
 
 
-# The names `ssh -J bastion web-1` verifies: target names, which are single words. Any name without a dot
-# (so no FQDN, no IPv4) and with at most one colon (so no IPv6; "[web-1]:2222" has one) matches. A
-# negated pattern rules the whole line out, so these live on a line of their own.
-TARGET_NAME_PATTERNS = "*,!*.*,!*:*:*"
+# The comment that marks the line naming the SSH targets a person may reach with `ssh -J bastion web-1`:
+# `bastion login` replaces the line with this mark, whatever names it held before.
+JUMP_TARGETS_MARK = "bastion-jump-targets"
 
 
 def covers_target_name(name: str) -> bool:
-    """True when :data:`TARGET_NAME_PATTERNS` matches ``name``, so OpenSSH verifies it with the host CA."""
+    """True when ``name`` can be a jump target: one word (no dot, colon, space or pattern character)."""
     return bool(name) and "." not in name and ":" not in name and not any(c in name for c in " ,!*?[]")
 
 
-def known_hosts_line(host_ca: asyncssh.SSHKey, host_names: tuple[str, ...], port: int) -> str:
+def known_hosts_line(host_ca: asyncssh.SSHKey, host_names: tuple[str, ...], port: int,
+                     jump_targets: tuple[str, ...] = ()) -> str:
     """The ``@cert-authority`` lines that make OpenSSH trust the bastion's host certificates.
 
-    The first covers the bastion's own names; the second the SSH targets reached
-    with ``ssh -J``, whose host certificates the bastion signs for their names
-    (see bastion/proxyjump.py). The second deliberately lists no target names:
-    it needs no refresh when targets change, and tells nobody which exist.
+    The first covers the bastion's own names; the second, when there are any,
+    the SSH targets this person may reach with ``ssh -J`` (their host
+    certificates are signed by the same CA, see bastion/proxyjump.py), or none.
+    Naming them keeps the host CA from vouching for any other host name.
     """
     patterns = ",".join(name if port == 22 else f"[{name}]:{port}" for name in host_names)
-    key = host_ca.export_public_key("openssh").decode().strip()
-    return f"@cert-authority {patterns} {key}\n@cert-authority {TARGET_NAME_PATTERNS} {key}"
+    key = " ".join(host_ca.export_public_key("openssh").decode().split()[:2])  # no comment: the mark goes there
+    lines = f"@cert-authority {patterns} {key}"
+    names = sorted({n for n in jump_targets if covers_target_name(n)})
+    # With none, "!*" matches no host: the line still replaces an older list that `bastion login` wrote.
+    return f"{lines}\n@cert-authority {','.join(names) or '!*'} {key} {JUMP_TARGETS_MARK}"

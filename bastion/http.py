@@ -99,7 +99,8 @@ async def issue_certificate(request: web.Request) -> web.Response:
     config = runtime.config
     return web.json_response({
         "certificate": issued.certificate,
-        "known_hosts": known_hosts_line(runtime.keys.host_ca, config.host_names, runtime.ssh_port),
+        "known_hosts": known_hosts_line(runtime.keys.host_ca, config.host_names, runtime.ssh_port,
+                                        tuple(t.name for t, _ in runtime.visible_targets(identity) if t.kind == "ssh")),
         "principal": verified.username,
         "groups": list(verified.groups),
         "valid_before": datetime.fromtimestamp(issued.valid_before, UTC).isoformat(),

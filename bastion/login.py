@@ -145,12 +145,21 @@ def _ca_pattern(line: str) -> str | None:
     return None
 
 
+def _marked(line: str) -> tuple[str, str] | None:
+    """(key, mark) of a marked ``@cert-authority`` line: the bastion's list of jump targets."""
+    fields = line.split()
+    if len(fields) >= 5 and fields[0] == "@cert-authority":
+        return fields[3], fields[4]
+    return None
+
+
 def update_known_hosts(path: Path, new_text: str) -> KnownHostsChange:
     """Add the bastion's ``@cert-authority`` lines to ``path``, replacing older ones for the same hosts."""
     new_lines = [line.strip() for line in new_text.splitlines() if line.strip()]
     if not new_lines or any(_ca_pattern(line) is None for line in new_lines):
         raise LoginError("the bastion returned a malformed known_hosts entry (expected an @cert-authority line)")
     patterns = {_ca_pattern(line) for line in new_lines}
+    marks = {m for m in map(_marked, new_lines) if m is not None}  # its jump-target names may have changed
     target = path.resolve() if path.is_symlink() else path
     try:
         _ensure_ssh_dir(target.parent)
@@ -160,7 +169,7 @@ def update_known_hosts(path: Path, new_text: str) -> KnownHostsChange:
         removed = False
         for line in existing:
             stripped = line.strip()
-            if _ca_pattern(stripped) in patterns and stripped not in new_lines:
+            if (_ca_pattern(stripped) in patterns or _marked(stripped) in marks) and stripped not in new_lines:
                 removed = True
                 continue
             kept.append(line)

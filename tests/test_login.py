@@ -512,3 +512,16 @@ def test_login_with_agent_but_no_agent_fails_before_anything_else(tmp_path: Path
     with pytest.raises(LoginError, match="SSH_AUTH_SOCK is not set"):
         asyncio.run(login("http://127.0.0.1:9", agent=True, environ={"HOME": str(tmp_path)}))
     assert not (tmp_path / ".ssh").exists()
+
+
+def test_known_hosts_replaces_the_jump_target_list_when_it_changes(tmp_path: Path) -> None:
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIONE"
+    own = f"@cert-authority [bastion.example]:2222 {key}"
+    path = tmp_path / "known_hosts"
+    path.write_text(f"{PLAIN}\n")
+    assert update_known_hosts(path, f"{own}\n@cert-authority web-1,web-2 {key} bastion-jump-targets") == "added"
+    # web-2 is no longer reachable: its name must not stay trusted under the bastion's host CA.
+    assert update_known_hosts(path, f"{own}\n@cert-authority web-1 {key} bastion-jump-targets") == "replaced"
+    assert path.read_text().splitlines() == [PLAIN, own, f"@cert-authority web-1 {key} bastion-jump-targets"]
+    assert update_known_hosts(path, f"{own}\n@cert-authority !* {key} bastion-jump-targets") == "replaced"
+    assert path.read_text().splitlines() == [PLAIN, own, f"@cert-authority !* {key} bastion-jump-targets"]
