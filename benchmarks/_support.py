@@ -39,6 +39,7 @@ import asyncssh  # noqa: E402
 from oidc_issuer import OidcIssuer  # noqa: E402
 from peers import Bastion, Client, bastion_cli  # noqa: E402
 
+from bastion import ssh_packets  # noqa: E402
 from bastion.server import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS, SIGNATURE_ALGS  # noqa: E402
 
 SSHD = Path("/usr/sbin/sshd")
@@ -388,7 +389,12 @@ def ms(seconds: float) -> str:
 
 async def serve_bare(ready: Path, host_key: Path, authorized_keys: Path,
                      server_factory: Any = asyncssh.SSHServer, **options: Any) -> None:
-    """A bare asyncssh server with the bastion's algorithms, until SIGINT/SIGTERM; its port goes to ``ready``."""
+    """A bare asyncssh server with the bastion's algorithms, until SIGINT/SIGTERM; its port goes to ``ready``.
+
+    It gets the bastion's packet fix too (bastion/ssh_packets.py), so that a ratio against it measures what the
+    bastion does on top of asyncssh, not asyncssh's extra packets.
+    """
+    ssh_packets.install()
     server = await asyncssh.create_server(
         server_factory, "127.0.0.1", 0, server_host_keys=[str(host_key)],
         authorized_client_keys=str(authorized_keys), **options,
