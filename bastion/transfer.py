@@ -92,6 +92,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         self.runtime = ctx.runtime
         self.client_ended = False  # EOF or close from the client: an open file now is an interrupted one
         self.failures = 0
+        self.flush_replies: Callable[[], None] = lambda: None  # replies held by the channel's writer, if any
         self._clients: dict[str, asyncssh.SFTPClient] = {}
         self._conns: list[asyncssh.SSHClientConnection] = []
         self._opening: dict[str, asyncio.Lock] = {}
@@ -431,6 +432,8 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
             return
         if stream.direction is Direction.DOWNLOAD:
             await stream.close_upstream()
+            assert stream.hash is not None
+            await stream.hash.settled()
             self._finish(stream, "ok")
             return
         try:
@@ -608,6 +611,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         self._conns.clear()
         chan = self.channel
         if not chan.is_closing():
+            self.flush_replies()  # the last replies before the exit status, never after it
             chan.exit(1 if self.failures else 0)
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GATHER_MAX = 256 * 1024  # bytes of SFTP replies held within one event-loop turn before they go anyway
+
 
 def is_scp(command: str | None) -> bool:
     """True for the command a legacy ``scp -O`` client runs on the server."""
@@ -45,6 +47,44 @@ def connector_opener(runtime: Runtime, identity: Identity, session: str, peer: s
 
     return open_target
 
+
+
+class GatheringWriter(asyncssh.SSHWriter[bytes]):  # type: ignore[misc]
+    """An SFTP server's writer whose writes of one event-loop turn leave as one channel write.
+
+    asyncssh's SFTP server writes each reply on its own, and its channel makes at least one SSH packet of each
+    write: a 32 KiB read reply takes a full packet and a 13-byte one, and every write acknowledgement takes a
+    packet. Replies to pipelined requests come out in the same turn, so gathered they fill whole packets, which
+    is what the event loop pays for.
+    """
+
+    def __init__(self, session: SSHServerStreamSession[bytes], chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        super().__init__(session, chan)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= GATHER_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what is held to the channel now."""
+        if self._held:
+            held, self._held, self._held_bytes = self._held, [], 0
+            if not self.channel.is_closing():  # a reply to a client that left goes nowhere, as asyncssh's would
+                super().write(held[0] if len(held) == 1 else b"".join(held))
+
+    def write_eof(self) -> None:
+        self.flush()
+        super().write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
 
 
 class TransferChannel:
@@ -66,12 +106,14 @@ class TransferChannel:
         """Begin serving: SFTP for the subsystem, SCP for an ``scp`` command."""
         self._stream.connection_made(chan)
         reader = asyncssh.SSHReader[bytes](self._stream, chan)
-        writer = asyncssh.SSHWriter[bytes](self._stream, chan)
         self.gateway = TransferGateway(chan, self.ctx)
         handler: Awaitable[None] | None
         if chan.get_subsystem() == "sftp":
-            handler = run_sftp_server(self.gateway, reader, writer, MIN_SFTP_VERSION)
+            replies = GatheringWriter(self._stream, chan)
+            self.gateway.flush_replies = replies.flush
+            handler = run_sftp_server(self.gateway, reader, replies, MIN_SFTP_VERSION)
         else:
+            writer = asyncssh.SSHWriter[bytes](self._stream, chan)
             stderr = asyncssh.SSHWriter[bytes](self._stream, chan, asyncssh.EXTENDED_DATA_STDERR)
             handler = cast(Awaitable[None] | None,
                            run_scp_server(self.gateway, chan.get_command() or "", reader, writer, stderr))

@@ -6,6 +6,13 @@ download's are read a few blocks ahead. The sha256 is of the bytes in file
 order; a client that writes out of order beyond a small window, or back over
 what it wrote, is refused, because the bastion could no longer say what it let
 through.
+
+The event loop's thread is the bastion's bottleneck while a file streams (it
+decrypts and encrypts every byte, on both hops), so this module keeps work off
+it: the sha256 runs on a thread of its own (hashlib releases the GIL), and the
+host sees a few large SFTP requests rather than one per 32 KiB client chunk,
+because each request and each SSH packet costs the loop the same Python work
+whatever its size.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import hashlib
 import logging
 import os
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,19 +37,46 @@ from policies.transfer import Direction, TransferSpec
 log = logging.getLogger(__name__)
 
 REORDER_WINDOW = 8 * 1024 * 1024  # bytes of out-of-order chunks held for hashing
-WRITES_IN_FLIGHT = 16             # upstream writes not yet acknowledged
-READ_AHEAD = 8                    # upstream reads started before the client asks
+HASH_BATCH = 4 * 1024 * 1024      # in-order bytes handed to the hashing thread at once
+HASH_BEHIND = 16 * 1024 * 1024    # bytes the hashing thread may lag before the transfer waits for it
+UPSTREAM_BLOCK = 224 * 1024       # bytes per SFTP request to the host: under OpenSSH's 255 KiB read/write limit
+WRITES_IN_FLIGHT = 8              # upstream writes not yet acknowledged
+READ_AHEAD = 4                    # upstream blocks read before the client asks for them
+
+_hashing: ThreadPoolExecutor | None = None
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """One thread hashes for every transfer: it runs jobs in the order they came, so each file's bytes stay in order."""
+    global _hashing
+    if _hashing is None:
+        _hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bastion-sha256")
+    return _hashing
+
+
+def _update(digest: hashlib._Hash, chunks: list[bytes]) -> None:
+    # One update for the batch: hashlib lets go of the GIL while it hashes, and each time this thread wants it
+    # back it may wait for the event loop's switch interval (5 ms), so it asks as few times as it can.
+    digest.update(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
 
 class OrderedHash:
-    """The sha256 of a file's bytes, fed as (offset, chunk) pairs that may arrive a little out of order."""
+    """The sha256 of a file's bytes, fed as (offset, chunk) pairs that may arrive a little out of order.
+
+    In-order bytes are hashed on the hashing thread, a batch at a time; :meth:`caught_up` lets an async caller
+    wait while that thread is far behind, and :meth:`hexdigest` waits for the rest.
+    """
 
     def __init__(self, window: int = REORDER_WINDOW) -> None:
         self._hash = hashlib.sha256()
         self._window = window
         self._ahead: dict[int, bytes] = {}
         self._ahead_bytes = 0
-        self.position = 0   # bytes hashed so far, from offset 0
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._jobs: deque[tuple[Future[None], int]] = deque()  # batches on the hashing thread, oldest first
+        self._jobs_bytes = 0
+        self.position = 0   # bytes fed in order so far, from offset 0
         self.size = 0       # highest offset + length seen
         self.in_order = True
 
@@ -60,19 +96,57 @@ class OrderedHash:
                 self._ahead[offset] = data
                 self._ahead_bytes += len(data)
         else:
-            self._hash.update(data)
-            self.position += len(data)
+            self._hash_next(data)
             while self.position in self._ahead:
                 chunk = self._ahead.pop(self.position)
                 self._ahead_bytes -= len(chunk)
-                self._hash.update(chunk)
-                self.position += len(chunk)
+                self._hash_next(chunk)
         return self.in_order
 
+    def _hash_next(self, data: bytes) -> None:
+        self.position += len(data)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= HASH_BATCH:
+            self._submit()
+
+    def _submit(self) -> None:
+        while self._jobs and self._jobs[0][0].done():
+            self._jobs_bytes -= self._jobs.popleft()[1]
+        if self._batch:
+            job = _hasher().submit(_update, self._hash, self._batch)
+            self._jobs.append((job, self._batch_bytes))
+            self._jobs_bytes += self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
+
+    async def caught_up(self) -> None:
+        """Wait while the hashing thread is more than HASH_BEHIND bytes behind (it holds those bytes)."""
+        while self._jobs_bytes > HASH_BEHIND:
+            job, size = self._jobs.popleft()
+            self._jobs_bytes -= size
+            await asyncio.wrap_future(job)
+
+    async def settled(self) -> None:
+        """Wait until every byte fed so far is hashed, so that :meth:`hexdigest` does not block the loop."""
+        self._submit()
+        while self._jobs:
+            job, size = self._jobs.popleft()
+            self._jobs_bytes -= size
+            await asyncio.wrap_future(job)
+
     def hexdigest(self) -> str | None:
-        """The sha256 of bytes 0..size, or None when the chunks did not make one contiguous stream."""
+        """The sha256 of bytes 0..size, or None when the chunks did not make one contiguous stream.
+
+        Blocks until the hashing thread is done with this file's bytes: at most HASH_BEHIND of them, and none
+        after :meth:`settled`.
+        """
         if not self.in_order or self._ahead or self.position != self.size:
             return None
+        while self._jobs:
+            self._jobs.popleft()[0].result()
+        self._jobs_bytes = 0
+        _update(self._hash, self._batch)  # the tail, here: a job for it would only add a thread hop
+        self._batch, self._batch_bytes = [], 0
         return self._hash.hexdigest()
 
 
@@ -152,8 +226,12 @@ class Stream:
     def __post_init__(self) -> None:
         self.hash = OrderedHash()
         self._writes: set[asyncio.Task[None]] = set()
-        self._reads: dict[int, asyncio.Task[bytes]] = {}
-        self._next_read: int | None = None
+        self._gathered: list[bytes] = []  # contiguous client chunks not yet sent upstream
+        self._gathered_at = 0             # their offset
+        self._gathered_bytes = 0
+        self._blocks: deque[tuple[int, asyncio.Task[bytes]]] = deque()  # upstream reads in file order, from the
+        self._next_block = 0                                          # client's offset on; where the next starts
+        self._at_end = False                                          # a block came back short: the file ends
 
     @property
     def crossed(self) -> int:
@@ -168,19 +246,36 @@ class Stream:
     # -- uploads ----------------------------------------------------------------
 
     async def write(self, offset: int, data: bytes) -> None:
-        """Hash and keep a chunk, and send it upstream with a few writes in flight; raises an earlier write's error."""
+        """Hash and keep a chunk, and send it upstream in blocks, a few in flight; raises an earlier write's error."""
         assert self.hash is not None
         if not self.hash.feed(offset, data):
             raise asyncssh.SFTPFailure("the bastion hashes uploads as they pass, so it accepts files written front "
                                        "to back only (no resume or rewrite); upload the whole file again")
+        await self.hash.caught_up()
         if self.copy is not None:
             self.copy.write(offset, data)
         if self.upstream is None:
+            return
+        if self._gathered and offset != self._gathered_at + self._gathered_bytes:
+            await self._send()  # not contiguous: what was gathered goes first, on its own
+        if not self._gathered:
+            self._gathered_at = offset
+        self._gathered.append(data)
+        self._gathered_bytes += len(data)
+        if self._gathered_bytes >= UPSTREAM_BLOCK:
+            await self._send()
+
+    async def _send(self) -> None:
+        """Send the gathered chunks as one upstream write, once fewer than WRITES_IN_FLIGHT are unacknowledged."""
+        chunks, offset = self._gathered, self._gathered_at
+        self._gathered, self._gathered_bytes = [], 0
+        if not chunks:
             return
         self._check_writes()
         while len(self._writes) >= WRITES_IN_FLIGHT:
             await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
             self._check_writes()
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         task = asyncio.ensure_future(self._write(offset, data))
         self._writes.add(task)
 
@@ -196,40 +291,69 @@ class Stream:
                 raise error
 
     async def flush(self) -> None:
-        """Wait for every write in flight; raises the first failure."""
+        """Send what is gathered, wait for every write in flight and for the hash; raises the first failure."""
+        assert self.hash is not None
+        if self.upstream is not None:
+            await self._send()
         if self._writes:
             await asyncio.wait(self._writes)
         self._check_writes()
+        await self.hash.settled()
 
     # -- downloads --------------------------------------------------------------
 
     async def read(self, offset: int, size: int) -> bytes:
-        """A chunk from upstream, reading ahead while the client reads front to back."""
+        """``size`` bytes at ``offset`` (fewer only at the end of the file), cut from blocks read ahead upstream.
+
+        Clients read front to back in requests of their own size (OpenSSH: 255 KiB), so a request may span
+        blocks; it is answered whole, as a short answer would only make the client ask again for the rest.
+        """
+        self._read_ahead(offset, size)
+        parts: list[bytes] = []
+        end = offset + size
+        for start, task in list(self._blocks):
+            if start >= end:
+                break
+            data = await task
+            if end > start and start + len(data) > offset:
+                parts.append(data[max(offset - start, 0):end - start])
+            if len(data) < UPSTREAM_BLOCK:  # the end of the file: nothing after it is worth reading
+                self._end_at(start)
+                break
+        if self.hash is not None:
+            await self.hash.caught_up()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, offset: int, size: int) -> None:
+        """Keep the blocks from ``offset`` to READ_AHEAD blocks past ``offset + size`` read or being read."""
         assert self.upstream is not None
-        task = self._reads.pop(offset, None)
-        if task is None:
-            self._drop_reads()
-            task = asyncio.ensure_future(self.upstream.read(size, offset))
-        if self._next_read is None or self._next_read <= offset:
-            self._next_read = offset + size
-        while len(self._reads) < READ_AHEAD:
-            ahead = self._next_read
-            self._reads[ahead] = asyncio.ensure_future(self.upstream.read(size, ahead))
-            self._next_read = ahead + size
-        data = await task
-        if len(data) < size:
-            self._drop_reads()  # short read: the end, or a client that asks again; nothing ahead is right now
-        return data
+        if self._blocks and not self._blocks[0][0] <= offset <= self._next_block:
+            self._drop_reads()  # the client jumped: start over from where it is now
+        if not self._blocks:
+            self._next_block, self._at_end = offset, False
+        while self._blocks and self._blocks[0][0] + UPSTREAM_BLOCK <= offset:
+            _discard(self._blocks.popleft()[1])  # behind the client: it has moved on
+        while not self._at_end and self._next_block < offset + size + READ_AHEAD * UPSTREAM_BLOCK:
+            ahead = self._next_block
+            self._blocks.append((ahead, asyncio.ensure_future(self.upstream.read(UPSTREAM_BLOCK, ahead))))
+            self._next_block = ahead + UPSTREAM_BLOCK
+
+    def _end_at(self, start: int) -> None:
+        """The block at ``start`` holds the end of the file: stop reading past it."""
+        while self._blocks and self._blocks[-1][0] > start:
+            _discard(self._blocks.pop()[1])
+        self._next_block, self._at_end = start + UPSTREAM_BLOCK, True
 
     def _drop_reads(self) -> None:
-        for task in self._reads.values():
+        for _, task in self._blocks:
             _discard(task)
-        self._reads.clear()
-        self._next_read = None
+        self._blocks.clear()
+        self._at_end = False
 
     async def close_upstream(self) -> None:
         """Stop what is in flight and close the upstream file (errors are the caller's to report)."""
         self._drop_reads()
+        self._gathered, self._gathered_bytes = [], 0
         for write in self._writes:
             _discard(write)
         self._writes.clear()

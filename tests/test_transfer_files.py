@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bastion.transfer_files import OrderedHash, Quarantine, QuarantineCopy
+from bastion import transfer_files
+from bastion.transfer_files import UPSTREAM_BLOCK, OrderedHash, Quarantine, QuarantineCopy, Stream
+from policies.transfer import Direction
 
 DAY = 86400.0
 
@@ -66,3 +69,112 @@ def test_quarantine_copies_are_private_and_purged_after_their_days(tmp_path: Pat
     assert quarantine.purge(now + 2 * DAY) == 1 and not kept.exists()
     assert (tmp_path / "q" / "notes").is_dir()  # not a date: not ours to remove
     assert os.listdir(tmp_path / "q") == ["notes"]
+
+
+class HostFile:
+    """The host's side of one open file, as the gateway sees it (asyncssh's SFTPClientFile: read, write, close).
+
+    Reads are filled as asyncssh's client fills them: whole, or short at the end of the file only.
+    """
+
+    def __init__(self, content: bytes = b"") -> None:
+        self.content = bytearray(content)
+        self.reads: list[tuple[int, int]] = []
+        self.writes: list[tuple[int, int]] = []
+
+    async def read(self, size: int, offset: int) -> bytes:
+        self.reads.append((offset, size))
+        await asyncio.sleep(0)
+        return bytes(self.content[offset:offset + size])
+
+    async def write(self, data: bytes, offset: int) -> None:
+        self.writes.append((offset, len(data)))
+        await asyncio.sleep(0)
+        if len(self.content) < offset:
+            self.content.extend(bytes(offset - len(self.content)))
+        self.content[offset:offset + len(data)] = data
+
+    async def close(self) -> None:
+        pass
+
+
+def stream(direction: Direction, host: HostFile) -> Stream:
+    return Stream(direction, "web-1", "/f", time.monotonic(), None, host)  # type: ignore[arg-type]
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(0, 3 * UPSTREAM_BLOCK + 5000), st.integers(512, 300_000))
+def test_reads_front_to_back_return_the_file_whole_from_a_few_large_host_reads(size: int, request: int) -> None:
+    content = os.urandom(size)
+    host = HostFile(content)
+
+    async def download() -> bytes:
+        down = stream(Direction.DOWNLOAD, host)
+        got, offset = [], 0
+        while piece := await down.read(offset, request):
+            assert len(piece) == min(request, size - offset)  # never short before the end: no re-requests
+            got.append(piece)
+            offset += len(piece)
+        await down.close_upstream()
+        return b"".join(got)
+
+    assert asyncio.run(download()) == content
+    blocks = {offset for offset, _ in host.reads}
+    assert all(length == UPSTREAM_BLOCK for _, length in host.reads)
+    assert len(blocks) <= size // UPSTREAM_BLOCK + 2 + transfer_files.READ_AHEAD  # read ahead, not per request
+
+
+def test_a_read_that_jumps_starts_over_from_where_the_client_is() -> None:
+    content = os.urandom(2 * UPSTREAM_BLOCK)
+    host = HostFile(content)
+
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        down = stream(Direction.DOWNLOAD, host)
+        first = await down.read(0, 1000)
+        later = await down.read(UPSTREAM_BLOCK + 77, 5000)  # forward, inside what was read ahead
+        back = await down.read(10, 20)  # backwards: read again from there
+        await down.close_upstream()
+        return first, later, back
+
+    first, later, back = asyncio.run(scenario())
+    assert first == content[:1000] and later == content[UPSTREAM_BLOCK + 77:UPSTREAM_BLOCK + 5077]
+    assert back == content[10:30]
+    assert host.reads[-1][0] == 10 or (10, UPSTREAM_BLOCK) in host.reads
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(1, 3 * UPSTREAM_BLOCK), st.integers(512, 70_000))
+def test_writes_reach_the_host_gathered_into_blocks_and_hashed(size: int, chunk: int) -> None:
+    content = os.urandom(size)
+    host = HostFile()
+
+    async def upload() -> str | None:
+        up = stream(Direction.UPLOAD, host)
+        for offset in range(0, size, chunk):
+            await up.write(offset, content[offset:offset + chunk])
+        await up.flush()
+        assert up.hash is not None
+        return up.hash.hexdigest()
+
+    assert asyncio.run(upload()) == hashlib.sha256(content).hexdigest()
+    assert bytes(host.content) == content
+    pieces = -(-size // chunk)
+    assert len(host.writes) <= min(pieces, size // UPSTREAM_BLOCK + 1)  # one host write per block, not per chunk
+
+
+def test_the_hash_runs_off_the_loop_in_batches_and_waits_for_them(monkeypatch: object) -> None:
+    monkeypatch.setattr(transfer_files, "HASH_BATCH", 1000)  # type: ignore[attr-defined]
+    monkeypatch.setattr(transfer_files, "HASH_BEHIND", 3000)  # type: ignore[attr-defined]
+    data = os.urandom(50_000)
+
+    async def scenario() -> str | None:
+        digest = OrderedHash()
+        for offset in range(0, len(data), 700):
+            assert digest.feed(offset, data[offset:offset + 700])
+            await digest.caught_up()
+            assert digest._jobs_bytes <= 3000  # never more than HASH_BEHIND waits on the thread
+        await digest.settled()
+        assert not digest._jobs
+        return digest.hexdigest()
+
+    assert asyncio.run(scenario()) == hashlib.sha256(data).hexdigest()
