@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import time
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20  # the pipe's capacity: one read takes all that is waiting
 _IOV_MAX = 1024
-BATCH_WAIT = 0.002  # seconds; far below the second a live cast may trail its session
+BATCH_WAIT = 0.002  # seconds between looks at the pipe while events come; far below what a live cast may trail
+IDLE_AFTER = 2.0    # seconds without events before the worker sleeps in read() again
 
 
 class _Cast:
@@ -125,15 +127,24 @@ def serve(source: int, replies: int) -> int:
     """Read frames from ``source`` until it closes; return the exit status."""
     worker = Worker(replies)
     frames = wire.FrameBuffer(READ_SIZE)
+    waiting = select.poll()
+    waiting.register(source, select.POLLIN)
+    active_until = 0.0
     try:
-        while n := frames.read(source):
+        while True:
+            # Why: asleep in read(), the worker is woken by every write. It then takes the core that the
+            # session's next hop (the user's ssh, the host's sshd) needs within the same keystroke's round
+            # trip, and each wake-up costs the daemon's event loop too. While events come, it looks every
+            # BATCH_WAIT instead, so a stream also collects into fewer, larger reads.
+            if time.monotonic() < active_until and not waiting.poll(0):
+                time.sleep(BATCH_WAIT)
+                continue
+            if not frames.read(source):
+                break
             for frame in frames.frames():
                 worker.handle(*frame)
             worker.write_all()
-            if n < READ_SIZE // 4:
-                # Why: woken by every write, the worker lands on the event loop's core and preempts it
-                # (wake-affine scheduling); a short nap lets a stream collect into fewer, larger reads.
-                time.sleep(BATCH_WAIT)
+            active_until = time.monotonic() + IDLE_AFTER
     finally:
         worker.close_all()
     if frames.partial:
