@@ -66,6 +66,10 @@ UpstreamOpener = Callable[[TargetConfig], Awaitable[asyncssh.SSHClientConnection
 """Opens an authenticated client connection to an SSH target; raises BastionError with a message to show."""
 
 _DIR = stat.S_IFDIR | 0o555
+# Bytes one READ may return. asyncssh's server passes the client's length through unbounded, and the gateway
+# fetches what it answers; a shorter answer is legal SFTP (clients ask again), so one request cannot pull
+# gigabytes into the daemon. OpenSSH's clients ask for 255 KiB.
+READ_MAX = 256 * 1024
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 
@@ -383,7 +387,15 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
 
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         stream = self._stream(file_obj, Direction.DOWNLOAD)
-        data = await stream.read(offset, size)
+        size = min(size, READ_MAX)
+        if stream.cap is not None:
+            size = max(min(size, stream.cap + 1 - offset), 1)  # one byte past the cap is enough to refuse
+        try:
+            data = await stream.read(offset, size)
+        except asyncssh.SFTPEOFError:
+            data = b""
+        except (asyncssh.SFTPError, OSError) as e:
+            await self._fail(stream, "failed", f"download of {stream.target}:{stream.path} failed: {_why(e)}")
         if stream.over_cap(offset, len(data)):
             await self._fail(stream, "deny", f"download refused: {stream.target}:{stream.path} grew past the "
                              f"{stream.cap}-byte limit of policy {stream.rule} while it was read")
@@ -410,7 +422,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         """End a transfer that cannot go on: stop it, remove a partial upload, audit, and raise to the client."""
         stream.failure = reason
         await self._stop(stream)
-        self._finish(stream, outcome, reason)
+        await self._finish(stream, outcome, reason)
         self.ctx.notify(f"bastion: {reason}")
         raise asyncssh.SFTPPermissionDenied(reason)
 
@@ -428,18 +440,13 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         stream = file_obj
         if self.client_ended:
             await self._stop(stream)
-            self._finish(stream, "interrupted", "the client went away before closing the file")
+            await self._finish(stream, "interrupted", "the client went away before closing the file")
             return
         if stream.direction is Direction.DOWNLOAD:
             await stream.close_upstream()
-            assert stream.hash is not None
-            await stream.hash.settled()
-            self._finish(stream, "ok")
+            await self._finish(stream, "ok")
             return
-        try:
-            await stream.flush()
-        except (asyncssh.SFTPError, OSError) as e:
-            await self._fail(stream, "failed", f"upload of {stream.target}:{stream.path} failed: {_why(e)}")
+        await self._flushed(stream)
         await self._close_upload(stream)
 
     async def _close_upload(self, stream: Stream) -> None:
@@ -454,21 +461,22 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
             reason = (f"upload held: request {filed} filed for {done.describe()}; once it is approved, "
                       "upload the same file again")
             stream.failure = reason
-            self._finish(stream, "pending", reason)
+            await self._finish(stream, "pending", reason)
             self.ctx.notify(f"bastion: {reason}")
             raise asyncssh.SFTPPermissionDenied(reason)
         problem = spec_problem(stream.approved, done) if stream.approved is not None else None
         if problem is not None:
             await self._fail(stream, "deny", f"upload refused: {problem}; the file was removed")
         await stream.close_upstream()
-        self._finish(stream, "ok")
+        await self._finish(stream, "ok")
 
-    def _finish(self, stream: Stream, outcome: str, reason: str | None = None) -> None:
+    async def _finish(self, stream: Stream, outcome: str, reason: str | None = None) -> None:
         """One audit event and one marker per transfer, however it ended."""
         if stream.finished:
             return
         stream.finished = True
         assert stream.hash is not None
+        await stream.hash.settled()  # the hashing thread is shared: wait for it here, never block the loop
         digest = stream.hash.hexdigest()
         kept = None
         if stream.copy is not None:
@@ -495,14 +503,21 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     async def fsetstat(self, file_obj: object, attrs: asyncssh.SFTPAttrs) -> None:
         stream = self._stream(file_obj, Direction.UPLOAD)
         if stream.upstream is not None:
-            await stream.flush()
+            await self._flushed(stream)
             await stream.upstream.setstat(_safe_attrs(attrs))
 
     async def fsync(self, file_obj: object) -> None:
         stream = self._stream(file_obj, Direction.UPLOAD)
         if stream.upstream is not None:
-            await stream.flush()
+            await self._flushed(stream)
             await stream.upstream.fsync()
+
+    async def _flushed(self, stream: Stream) -> None:
+        """Every write so far is on the host; one that failed fails the transfer (its file has a hole)."""
+        try:
+            await stream.flush()
+        except (asyncssh.SFTPError, OSError) as e:
+            await self._fail(stream, "failed", f"upload of {stream.target}:{stream.path} failed: {_why(e)}")
 
     # -- changes -----------------------------------------------------------------------------
 

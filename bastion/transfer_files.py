@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 REORDER_WINDOW = 8 * 1024 * 1024  # bytes of out-of-order chunks held for hashing
 HASH_BATCH = 4 * 1024 * 1024      # in-order bytes handed to the hashing thread at once
-HASH_BEHIND = 16 * 1024 * 1024    # bytes the hashing thread may lag before the transfer waits for it
+HASH_BEHIND = 8 * 1024 * 1024     # bytes the hashing thread may lag before the transfer waits for it
 UPSTREAM_BLOCK = 224 * 1024       # bytes per SFTP request to the host: under OpenSSH's 255 KiB read/write limit
 WRITES_IN_FLIGHT = 8              # upstream writes not yet acknowledged
 READ_AHEAD = 4                    # upstream blocks read before the client asks for them
@@ -122,30 +122,33 @@ class OrderedHash:
     async def caught_up(self) -> None:
         """Wait while the hashing thread is more than HASH_BEHIND bytes behind (it holds those bytes)."""
         while self._jobs_bytes > HASH_BEHIND:
-            job, size = self._jobs.popleft()
-            self._jobs_bytes -= size
-            await asyncio.wrap_future(job)
+            await self._oldest_done()
 
     async def settled(self) -> None:
-        """Wait until every byte fed so far is hashed, so that :meth:`hexdigest` does not block the loop."""
+        """Wait until every byte fed so far is hashed; :meth:`hexdigest` needs it first."""
         self._submit()
         while self._jobs:
-            job, size = self._jobs.popleft()
+            await self._oldest_done()
+
+    async def _oldest_done(self) -> None:
+        job, size = self._jobs[0]
+        # shield: a cancelled wait must not cancel the batch, or the digest would miss its bytes
+        await asyncio.shield(asyncio.wrap_future(job))
+        if self._jobs and self._jobs[0][0] is job:
+            self._jobs.popleft()
             self._jobs_bytes -= size
-            await asyncio.wrap_future(job)
 
     def hexdigest(self) -> str | None:
         """The sha256 of bytes 0..size, or None when the chunks did not make one contiguous stream.
 
-        Blocks until the hashing thread is done with this file's bytes: at most HASH_BEHIND of them, and none
-        after :meth:`settled`.
+        Call :meth:`settled` first: this never waits for the hashing thread, which other transfers share.
+        Bytes not handed to it yet (less than a batch) are hashed here.
         """
         if not self.in_order or self._ahead or self.position != self.size:
             return None
-        while self._jobs:
-            self._jobs.popleft()[0].result()
-        self._jobs_bytes = 0
-        _update(self._hash, self._batch)  # the tail, here: a job for it would only add a thread hop
+        if self._jobs:
+            raise RuntimeError("hexdigest() before settled(): bytes are still being hashed")
+        _update(self._hash, self._batch)
         self._batch, self._batch_bytes = [], 0
         return self._hash.hexdigest()
 
@@ -226,6 +229,7 @@ class Stream:
     def __post_init__(self) -> None:
         self.hash = OrderedHash()
         self._writes: set[asyncio.Task[None]] = set()
+        self._write_error: BaseException | None = None  # the first upstream write that failed: it stays failed
         self._gathered: list[bytes] = []  # contiguous client chunks not yet sent upstream
         self._gathered_at = 0             # their offset
         self._gathered_bytes = 0
@@ -267,14 +271,14 @@ class Stream:
 
     async def _send(self) -> None:
         """Send the gathered chunks as one upstream write, once fewer than WRITES_IN_FLIGHT are unacknowledged."""
-        chunks, offset = self._gathered, self._gathered_at
-        self._gathered, self._gathered_bytes = [], 0
-        if not chunks:
-            return
         self._check_writes()
         while len(self._writes) >= WRITES_IN_FLIGHT:
             await asyncio.wait(self._writes, return_when=asyncio.FIRST_COMPLETED)
             self._check_writes()
+        chunks, offset = self._gathered, self._gathered_at
+        self._gathered, self._gathered_bytes = [], 0
+        if not chunks:
+            return
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         task = asyncio.ensure_future(self._write(offset, data))
         self._writes.add(task)
@@ -284,11 +288,14 @@ class Stream:
         await self.upstream.write(data, offset)
 
     def _check_writes(self) -> None:
+        """Raise the first upstream write's failure, now and every time after: the host's file has a hole."""
         for task in [t for t in self._writes if t.done()]:
             self._writes.discard(task)
             error = task.exception()
-            if error is not None:
-                raise error
+            if error is not None and self._write_error is None:
+                self._write_error = error
+        if self._write_error is not None:
+            raise self._write_error
 
     async def flush(self) -> None:
         """Send what is gathered, wait for every write in flight and for the hash; raises the first failure."""
@@ -297,8 +304,8 @@ class Stream:
             await self._send()
         if self._writes:
             await asyncio.wait(self._writes)
-        self._check_writes()
         await self.hash.settled()
+        self._check_writes()
 
     # -- downloads --------------------------------------------------------------
 

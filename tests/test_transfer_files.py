@@ -178,3 +178,36 @@ def test_the_hash_runs_off_the_loop_in_batches_and_waits_for_them(monkeypatch: o
         return digest.hexdigest()
 
     assert asyncio.run(scenario()) == hashlib.sha256(data).hexdigest()
+
+
+class FailingHost(HostFile):
+    """A host whose disk fills up on the second write."""
+
+    async def write(self, data: bytes, offset: int) -> None:
+        if self.writes:
+            self.writes.append((offset, len(data)))
+            raise OSError(28, "No space left on device")
+        await super().write(data, offset)
+
+
+def test_a_failed_host_write_fails_every_flush_after_it() -> None:
+    host = FailingHost()
+
+    async def scenario() -> list[str]:
+        up = stream(Direction.UPLOAD, host)
+        failures = []
+        for offset in range(0, 3 * UPSTREAM_BLOCK, 64 * 1024):
+            try:
+                await up.write(offset, bytes(64 * 1024))
+            except OSError as e:
+                failures.append(f"write: {e.strerror}")
+                break
+        for _ in range(2):  # e.g. fsetstat, then close: the hole in the host's file is never forgotten
+            try:
+                await up.flush()
+            except OSError as e:
+                failures.append(f"flush: {e.strerror}")
+        return failures
+
+    failures = asyncio.run(scenario())
+    assert failures[-2:] == ["flush: No space left on device"] * 2

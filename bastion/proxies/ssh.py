@@ -42,7 +42,7 @@ HIGH_WATER = 1024 * 1024  # bytes queued for the user before the host is asked t
 # The bastion is the client here, so its order decides: AES-GCM first (one AES-NI call per packet, several
 # times cheaper in asyncssh than chacha20-poly1305), the others for hosts configured without it.
 ENCRYPTION_ALGS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                   "aes256-ctr", "aes128-ctr"]
+                   "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 MAX_PACKET = 256 * 1024  # what the host may send per SSH packet: a 224 KiB SFTP read reply fits in one
 
 

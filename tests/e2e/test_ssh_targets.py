@@ -127,8 +127,9 @@ def test_run_is_audited_and_recorded(olive: Client, bastion: Bastion) -> None:
     event = bastion.wait_event("ssh.run", lambda e: "audited" in e.detail.get("command", ""))
     assert (event.user, event.target, event.detail["exit_status"]) == ("olive", "web-1", 2)
     assert event.detail["duration"] >= 0
-    cast = wait_recording(bastion, event.session, "audited-6")
+    cast = wait_recording(bastion, event.session, "run web-1: exit status 2")  # the marker comes last
     assert "run web-1: exit status 2" in [e.data for e in iter_events(cast) if e.code == "m"]
+    assert any("audited-6" in e.data for e in iter_events(cast) if e.code == "o")
 
 
 class Terminal:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncssh
 import paramiko
+import paramiko.sftp as paramiko_sftp
 import pytest
 from oidc_issuer import OidcIssuer
 from peers import Bastion, Client, bastion_cli, have
@@ -257,6 +258,25 @@ def test_paramiko_puts_gets_and_reads_the_reason_of_a_refusal(bastion: Bastion, 
         ssh.close()
     assert sha256(olive.home / "p2.bin") == sha256(local) == sha256(files / "p.bin")
     assert not (files / "secret" / "p.bin").exists()
+
+
+def test_a_huge_read_request_gets_a_bounded_answer(bastion: Bastion, olive: Client, files: Path) -> None:
+    content = random_file(files / "big-read.bin", 2 * MB).read_bytes()
+    ssh = _paramiko(olive, bastion, "olive")
+    try:
+        client = ssh.open_sftp()
+        with client.open(f"/web-1{files}/big-read.bin", "rb") as remote:
+            # One READ for 1 GiB: asyncssh's server passes any length through; the gateway must not fetch it all.
+            kind, msg = client._request(paramiko_sftp.CMD_READ, remote.handle, paramiko_sftp.int64(0), 1 << 30)
+            assert kind == paramiko_sftp.CMD_DATA
+            first = msg.get_string()
+            kind, msg = client._request(paramiko_sftp.CMD_READ, remote.handle, paramiko_sftp.int64(len(first)), 1 << 30)
+            second = msg.get_string()
+        client.close()
+    finally:
+        ssh.close()
+    assert 0 < len(first) <= 256 * 1024 and first == content[:len(first)]  # short, legal, and right
+    assert second == content[len(first):len(first) + len(second)] and len(second) > 0
 
 
 def test_an_upload_the_client_abandons_leaves_no_partial_file(bastion: Bastion, olive: Client,
