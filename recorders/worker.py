@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 READ_SIZE = 1 << 20  # the pipe's capacity: one read takes all that is waiting
 _IOV_MAX = 1024
 BATCH_WAIT = 0.002  # seconds between looks at the pipe while events come; far below what a live cast may trail
+POLL_MAX = 0.02     # the longest pause between looks while events come (a keystroke every second: 50 looks/s)
 IDLE_AFTER = 2.0    # seconds without events before the worker sleeps in read() again
 
 
@@ -129,22 +130,24 @@ def serve(source: int, replies: int) -> int:
     frames = wire.FrameBuffer(READ_SIZE)
     waiting = select.poll()
     waiting.register(source, select.POLLIN)
-    active_until = 0.0
+    active_until, pause = 0.0, BATCH_WAIT
     try:
         while True:
             # Why: asleep in read(), the worker is woken by every write. It then takes the core that the
             # session's next hop (the user's ssh, the host's sshd) needs within the same keystroke's round
-            # trip, and each wake-up costs the daemon's event loop too. While events come, it looks every
-            # BATCH_WAIT instead, so a stream also collects into fewer, larger reads.
+            # trip, and each wake-up costs the daemon's event loop too. While events come, it looks again
+            # after BATCH_WAIT, backing off to POLL_MAX while it finds nothing; a stream also collects into
+            # fewer, larger reads.
             if time.monotonic() < active_until and not waiting.poll(0):
-                time.sleep(BATCH_WAIT)
+                time.sleep(pause)
+                pause = min(pause * 2, POLL_MAX)
                 continue
             if not frames.read(source):
                 break
             for frame in frames.frames():
                 worker.handle(*frame)
             worker.write_all()
-            active_until = time.monotonic() + IDLE_AFTER
+            active_until, pause = time.monotonic() + IDLE_AFTER, BATCH_WAIT
     finally:
         worker.close_all()
     if frames.partial:
