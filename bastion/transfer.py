@@ -56,7 +56,7 @@ from policies.transfer import (
 from .approvals import ApprovalRefused
 from .config import TargetConfig
 from .errors import BastionError
-from .transfer_files import Quarantine, QuarantineCopy, Stream
+from .transfer_files import READ_BLOCK_SIZE, Quarantine, QuarantineCopy, Stream
 from .transfer_requests import REASON_ENV, TransferRequests
 
 if TYPE_CHECKING:
@@ -312,7 +312,8 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         upstream = None
         if held is None:
             upstream = await client.open(_b(inner), pflags | asyncssh.FXF_TRUNC if writing else pflags,
-                                         _safe_attrs(attrs), encoding=None)
+                                         _safe_attrs(attrs), encoding=None,
+                                         block_size=-1 if writing else READ_BLOCK_SIZE)
         self._files += 1
         stream = Stream(direction, name, inner, time.monotonic(), cap, upstream, rule=decision.rule, approved=spec,
                         request=request, held=held)

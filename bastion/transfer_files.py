@@ -28,6 +28,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import asyncssh
 
@@ -42,6 +43,10 @@ HASH_BEHIND = 8 * 1024 * 1024     # bytes the hashing thread may lag before the 
 UPSTREAM_BLOCK = 224 * 1024       # bytes per SFTP request to the host: under OpenSSH's 255 KiB read/write limit
 WRITES_IN_FLIGHT = 8              # upstream writes not yet acknowledged
 READ_AHEAD = 4                    # upstream blocks read before the client asks for them
+
+# How a download's host file is opened: asyncssh's parallel reader would split each block, reassemble it in a
+# bytearray and copy it out again; the blocks are already sized for one request each.
+READ_BLOCK_SIZE = 0
 
 _hashing: ThreadPoolExecutor | None = None
 
@@ -342,8 +347,24 @@ class Stream:
             _discard(self._blocks.popleft()[1])  # behind the client: it has moved on
         while not self._at_end and self._next_block < offset + size + READ_AHEAD * UPSTREAM_BLOCK:
             ahead = self._next_block
-            self._blocks.append((ahead, asyncio.ensure_future(self.upstream.read(UPSTREAM_BLOCK, ahead))))
+            self._blocks.append((ahead, asyncio.ensure_future(self._fetch(ahead))))
             self._next_block = ahead + UPSTREAM_BLOCK
+
+    async def _fetch(self, offset: int) -> bytes:
+        """One block from the host: whole, or short at the end of the file only.
+
+        The file is opened with asyncssh's parallel reads off (``block_size=0``, see
+        :data:`READ_BLOCK_SIZE`): one request per block, and a host that answers a request short (its own
+        read limit) is asked again for the rest here.
+        """
+        assert self.upstream is not None
+        data = cast(bytes, await self.upstream.read(UPSTREAM_BLOCK, offset))  # opened with encoding=None
+        while data and len(data) < UPSTREAM_BLOCK:
+            more = cast(bytes, await self.upstream.read(UPSTREAM_BLOCK - len(data), offset + len(data)))
+            if not more:
+                break
+            data += more
+        return data
 
     def _end_at(self, start: int) -> None:
         """The block at ``start`` holds the end of the file: stop reading past it."""

@@ -119,9 +119,31 @@ def test_reads_front_to_back_return_the_file_whole_from_a_few_large_host_reads(s
         return b"".join(got)
 
     assert asyncio.run(download()) == content
-    blocks = {offset for offset, _ in host.reads}
-    assert all(length == UPSTREAM_BLOCK for _, length in host.reads)
-    assert len(blocks) <= size // UPSTREAM_BLOCK + 2 + transfer_files.READ_AHEAD  # read ahead, not per request
+    whole = [offset for offset, length in host.reads if length == UPSTREAM_BLOCK]
+    assert all(offset % UPSTREAM_BLOCK == 0 for offset in whole)
+    assert len(whole) <= size // UPSTREAM_BLOCK + 2 + transfer_files.READ_AHEAD  # read ahead, not per request
+    assert len(host.reads) - len(whole) <= 2  # only the end of the file is asked for again
+
+
+def test_a_host_that_answers_short_is_asked_for_the_rest() -> None:
+    content = os.urandom(3 * UPSTREAM_BLOCK + 99)
+
+    class Capped(HostFile):
+        async def read(self, size: int, offset: int) -> bytes:
+            return await super().read(min(size, 64 * 1024), offset)  # a host whose read limit is 64 KiB
+
+    host = Capped(content)
+
+    async def download() -> bytes:
+        down = stream(Direction.DOWNLOAD, host)
+        got, offset = [], 0
+        while piece := await down.read(offset, 255 * 1024):
+            got.append(piece)
+            offset += len(piece)
+        await down.close_upstream()
+        return b"".join(got)
+
+    assert asyncio.run(download()) == content  # short answers are not the end of the file
 
 
 def test_a_read_that_jumps_starts_over_from_where_the_client_is() -> None:
