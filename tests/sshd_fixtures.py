@@ -173,11 +173,12 @@ def bastion_with_sshd(directory: Path, issuer: str, make_sshd: Callable[[str], S
 
 
 def wait_recording(bastion: Bastion, session: str | None, text: str) -> Path:
-    """The recording of ``session`` once ``text`` is in it (the recorder writes behind); fails after 10 s."""
-    deadline = time.monotonic() + 10
-    while True:
-        path = next((bastion.state / "recordings").rglob(f"{session}.cast"), None)
-        if path is not None and text in path.read_text():
-            return path
-        assert time.monotonic() < deadline, f"{text!r} is not in the recording of {session}"
-        time.sleep(0.1)
+    """The recording of an ended ``session``, once it is closed (the recorder writes behind) and has ``text``.
+
+    Closed, not just showing ``text``: the worker writes in batches, so what a test checks next (a marker at the
+    end, say) may still be on its way when ``text`` is already there. Fails after 10 s.
+    """
+    bastion.wait_event("recording.closed", lambda e: e.session == session)
+    path = next((bastion.state / "recordings").rglob(f"{session}.cast"), None)
+    assert path is not None and text in path.read_text(), f"{text!r} is not in the recording of {session}"
+    return path

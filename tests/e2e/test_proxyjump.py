@@ -226,8 +226,10 @@ def test_revoking_the_certificate_ends_a_session_through_the_jump(bastion: Basti
     child.expect(pexpect.EOF)
     assert time.monotonic() - started < 5
     ended = bastion.wait_event("session.ended", lambda e: e.user == "rita")
-    marks = [e.data for e in iter_events(wait_recording(bastion, ended.session, "up-2")) if e.code == "m"]
-    assert "session ending: your certificate has been revoked; this session is over." in marks
+    ending = "session ending: your certificate has been revoked; this session is over."
+    cast = wait_recording(bastion, ended.session, ending)  # the marker comes after the output: wait for it
+    assert ending in [e.data for e in iter_events(cast) if e.code == "m"]
+    assert any("up-2" in e.data for e in iter_events(cast) if e.code == "o")
 
 
 def test_a_user_whose_policy_denies_the_target_is_refused_with_a_message(bastion: Bastion, tmp_path: Path,
