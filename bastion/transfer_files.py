@@ -69,7 +69,7 @@ class OrderedHash:
     """The sha256 of a file's bytes, fed as (offset, chunk) pairs that may arrive a little out of order.
 
     In-order bytes are hashed on the hashing thread, a batch at a time; :meth:`caught_up` lets an async caller
-    wait while that thread is far behind, and :meth:`hexdigest` waits for the rest.
+    wait while that thread is far behind, and :meth:`settled` until it is done, before :meth:`hexdigest`.
     """
 
     def __init__(self, window: int = REORDER_WINDOW) -> None:
