@@ -364,7 +364,7 @@ class Stream:
             if not more:
                 break
             data += more
-        return data
+        return data[:UPSTREAM_BLOCK]  # a host that sends more than it was asked for does not shift the blocks
 
     def _end_at(self, start: int) -> None:
         """The block at ``start`` holds the end of the file: stop reading past it."""
