@@ -233,3 +233,22 @@ def test_a_failed_host_write_fails_every_flush_after_it() -> None:
 
     failures = asyncio.run(scenario())
     assert failures[-2:] == ["flush: No space left on device"] * 2
+
+
+def test_a_host_that_answers_long_cannot_shift_the_blocks() -> None:
+    content = os.urandom(2 * UPSTREAM_BLOCK + 5)
+
+    class Long(HostFile):
+        async def read(self, size: int, offset: int) -> bytes:
+            return await super().read(size + 1000, offset)  # more than asked for
+
+    async def download() -> bytes:
+        down = stream(Direction.DOWNLOAD, Long(content))
+        got, offset = [], 0
+        while piece := await down.read(offset, 255 * 1024):
+            got.append(piece)
+            offset += len(piece)
+        await down.close_upstream()
+        return b"".join(got)
+
+    assert asyncio.run(download()) == content
