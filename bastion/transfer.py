@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
+from asyncssh.sftp import MAX_SFTP_READ_LEN
 
 from policies.engine import Decision, decide
 from policies.model import ApprovalRule, Effect, Identity
@@ -67,9 +68,9 @@ UpstreamOpener = Callable[[TargetConfig], Awaitable[asyncssh.SSHClientConnection
 
 _DIR = stat.S_IFDIR | 0o555
 # Bytes one READ may return. asyncssh's server passes the client's length through unbounded, and the gateway
-# fetches what it answers; a shorter answer is legal SFTP (clients ask again), so one request cannot pull
-# gigabytes into the daemon. OpenSSH's clients ask for 255 KiB.
-READ_MAX = 256 * 1024
+# fetches what it answers, so one request must not pull gigabytes into the daemon. The bound is what the
+# server advertises (limits@openssh.com): asyncssh's clients read 4 MiB at a time, OpenSSH's 255 KiB.
+READ_MAX = MAX_SFTP_READ_LEN
 _WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC
 
 
@@ -389,7 +390,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
     async def read(self, file_obj: object, offset: int, size: int) -> bytes:
         stream = self._stream(file_obj, Direction.DOWNLOAD)
         size = min(size, READ_MAX)
-        if stream.cap is not None:
+        if stream.cap is not None and size > 0:
             size = max(min(size, stream.cap + 1 - offset), 1)  # one byte past the cap is enough to refuse
         try:
             data = await stream.read(offset, size)
@@ -397,7 +398,7 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
             data = b""
         except (asyncssh.SFTPError, OSError) as e:
             await self._fail(stream, "failed", f"download of {stream.target}:{stream.path} failed: {_why(e)}")
-        if stream.over_cap(offset, len(data)):
+        if data and stream.over_cap(offset, len(data)):  # clients ask past the end: nothing there is no excess
             await self._fail(stream, "deny", f"download refused: {stream.target}:{stream.path} grew past the "
                              f"{stream.cap}-byte limit of policy {stream.rule} while it was read")
         assert stream.hash is not None
@@ -468,7 +469,10 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         problem = spec_problem(stream.approved, done) if stream.approved is not None else None
         if problem is not None:
             await self._fail(stream, "deny", f"upload refused: {problem}; the file was removed")
-        await stream.close_upstream()
+        try:
+            await stream.close_upstream(strict=True)  # a host may report a deferred write error only here
+        except (asyncssh.SFTPError, OSError) as e:
+            await self._fail(stream, "failed", f"upload of {stream.target}:{stream.path} failed: {_why(e)}")
         await self._finish(stream, "ok")
 
     async def _finish(self, stream: Stream, outcome: str, reason: str | None = None) -> None:
@@ -477,8 +481,14 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
             return
         stream.finished = True
         assert stream.hash is not None
-        await stream.hash.settled()  # the hashing thread is shared: wait for it here, never block the loop
-        digest = stream.hash.hexdigest()
+        digest = None
+        try:
+            await stream.hash.settled()  # the hashing thread is shared: wait for it here, never block the loop
+            digest = stream.hash.hexdigest()
+        finally:  # whatever became of the hash (even a cancelled wait), the transfer is audited
+            self._audit(stream, outcome, reason, digest)
+
+    def _audit(self, stream: Stream, outcome: str, reason: str | None, digest: str | None) -> None:
         kept = None
         if stream.copy is not None:
             with contextlib.suppress(OSError):

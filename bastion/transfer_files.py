@@ -18,7 +18,6 @@ whatever its size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -43,6 +42,7 @@ HASH_BEHIND = 8 * 1024 * 1024     # bytes the hashing thread may lag before the 
 UPSTREAM_BLOCK = 224 * 1024       # bytes per SFTP request to the host: under OpenSSH's 255 KiB read/write limit
 WRITES_IN_FLIGHT = 8              # upstream writes not yet acknowledged
 READ_AHEAD = 4                    # upstream blocks read before the client asks for them
+NO_HOLE = 1 << 62                 # where a relayed file's first hole is, for a sparse-file query: nowhere
 
 # How a download's host file is opened: asyncssh's parallel reader would split each block, reassemble it in a
 # bytearray and copy it out again; the blocks are already sized for one request each.
@@ -378,8 +378,12 @@ class Stream:
         self._blocks.clear()
         self._at_end = False
 
-    async def close_upstream(self) -> None:
-        """Stop what is in flight and close the upstream file (errors are the caller's to report)."""
+    async def close_upstream(self, *, strict: bool = False) -> None:
+        """Stop what is in flight and close the upstream file.
+
+        ``strict``: a failing close raises (a finished upload: the host may report a deferred write error only
+        now); otherwise it is ignored (closing after a failure, which is reported already).
+        """
         self._drop_reads()
         self._gathered, self._gathered_bytes = [], 0
         for write in self._writes:
@@ -387,8 +391,19 @@ class Stream:
         self._writes.clear()
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
-            with contextlib.suppress(asyncssh.Error, OSError):  # closing after a failure: the failure is reported
+            try:
                 await upstream.close()
+            except (asyncssh.Error, OSError):
+                if strict:
+                    raise
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """Answer asyncssh's sparse-file query (``ranges@asyncssh.com``): a relayed file is all data, no holes."""
+        if whence == os.SEEK_DATA:
+            return offset
+        if whence == os.SEEK_HOLE:
+            return NO_HOLE
+        raise asyncssh.SFTPOpUnsupported("a file relayed through the bastion cannot be seeked")
 
 
 def _discard(task: asyncio.Future[object] | asyncio.Task[None] | asyncio.Task[bytes]) -> None:

@@ -252,3 +252,19 @@ def test_a_host_that_answers_long_cannot_shift_the_blocks() -> None:
         return b"".join(got)
 
     assert asyncio.run(download()) == content
+
+
+def test_a_failing_close_is_reported_only_where_it_matters() -> None:
+    class Quota(HostFile):
+        async def close(self) -> None:
+            raise OSError(122, "Disk quota exceeded")  # a deferred write error, reported at close
+
+    async def scenario() -> str:
+        await stream(Direction.UPLOAD, Quota()).close_upstream()  # after a failure: ignored, it is reported
+        try:
+            await stream(Direction.UPLOAD, Quota()).close_upstream(strict=True)  # a finished upload: not ignored
+        except OSError as e:
+            return str(e.strerror)
+        return "no error"
+
+    assert asyncio.run(scenario()) == "Disk quota exceeded"

@@ -9,6 +9,7 @@ reason, fast, and be audited too.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -215,6 +216,14 @@ def test_scp_keeps_the_sha256_of_20_mb_both_ways_and_exits_0(bastion: Bastion, o
     assert event.detail["bytes"] == SIZE_MB * MB and event.detail["sha256"] == sha256(local)
 
 
+def test_a_download_just_under_the_cap_is_not_refused(bastion: Bastion, olive: Client, files: Path) -> None:
+    # scp reads ahead past the end of the file, past the cap too; nothing there is nothing over the cap.
+    local = random_file(files / "under-cap.bin", CAP_MB * MB - 1000)
+    down = scp(olive, f"olive@127.0.0.1:/web-1{files}/under-cap.bin", str(olive.home / "under-cap.bin"))
+    assert down.returncode == 0, down.stderr
+    assert sha256(olive.home / "under-cap.bin") == sha256(local)
+
+
 def test_legacy_scp_goes_through_the_same_gateway(bastion: Bastion, olive: Client, files: Path) -> None:
     local = random_file(olive.home / "legacy.bin", 2 * MB)
     up = scp(olive, str(local), f"olive@127.0.0.1:/web-1{files}/legacy.bin", legacy=True)
@@ -261,7 +270,7 @@ def test_paramiko_puts_gets_and_reads_the_reason_of_a_refusal(bastion: Bastion, 
 
 
 def test_a_huge_read_request_gets_a_bounded_answer(bastion: Bastion, olive: Client, files: Path) -> None:
-    content = random_file(files / "big-read.bin", 2 * MB).read_bytes()
+    content = random_file(files / "big-read.bin", 6 * 1024 * 1024).read_bytes()
     ssh = _paramiko(olive, bastion, "olive")
     try:
         client = ssh.open_sftp()
@@ -270,13 +279,34 @@ def test_a_huge_read_request_gets_a_bounded_answer(bastion: Bastion, olive: Clie
             kind, msg = client._request(paramiko_sftp.CMD_READ, remote.handle, paramiko_sftp.int64(0), 1 << 30)
             assert kind == paramiko_sftp.CMD_DATA
             first = msg.get_string()
-            kind, msg = client._request(paramiko_sftp.CMD_READ, remote.handle, paramiko_sftp.int64(len(first)), 1 << 30)
+            kind, msg = client._request(paramiko_sftp.CMD_READ, remote.handle, paramiko_sftp.int64(len(first)),
+                                        1 << 30)
             second = msg.get_string()
         client.close()
     finally:
         ssh.close()
-    assert 0 < len(first) <= 256 * 1024 and first == content[:len(first)]  # short, legal, and right
-    assert second == content[len(first):len(first) + len(second)] and len(second) > 0
+    assert len(first) == 4 * 1024 * 1024 and first == content[:len(first)]  # what limits@openssh.com says
+    assert second == content[len(first):]
+
+
+async def _asyncssh_get(client: Client, bastion: Bastion, remote: str, local: Path) -> None:
+    host = asyncssh.read_private_key(str(bastion.state / "keys" / "host_key"))
+    key = asyncssh.read_private_key(str(client.key))
+    cert = asyncssh.read_certificate(str(client.cert))
+    async with asyncssh.connect("127.0.0.1", bastion.ssh_port, username="olive", client_keys=[(key, cert)],
+                                known_hosts=([host.convert_to_public()], [], []), agent_path=None,
+                                config=[]) as conn, conn.start_sftp_client() as sftp:
+        await sftp.get(remote, str(local))  # asyncssh's defaults: 4 MiB reads in parallel, sparse ranges
+
+
+def test_asyncssh_s_sftp_client_downloads_with_its_defaults_and_the_sha256_holds(
+        bastion: Bastion, olive: Client, files: Path) -> None:
+    local = random_file(files / "as.bin", 24 * MB)
+    copy = olive.home / "as-copy.bin"
+    asyncio.run(_asyncssh_get(olive, bastion, f"/web-1{files}/as.bin", copy))
+    assert sha256(copy) == sha256(local)
+    event = transfers(bastion, user="olive", direction="download", path=f"{files}/as.bin")[-1]
+    assert (event.outcome, event.detail["bytes"], event.detail["sha256"]) == ("ok", 24 * MB, sha256(local))
 
 
 def test_an_upload_the_client_abandons_leaves_no_partial_file(bastion: Bastion, olive: Client,
