@@ -268,3 +268,21 @@ def test_a_failing_close_is_reported_only_where_it_matters() -> None:
         return "no error"
 
     assert asyncio.run(scenario()) == "Disk quota exceeded"
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(0, 3 * UPSTREAM_BLOCK), st.lists(st.tuples(st.integers(0, 4 * UPSTREAM_BLOCK),
+                                                              st.integers(0, 2 * UPSTREAM_BLOCK)), max_size=12))
+def test_any_read_anywhere_returns_exactly_the_bytes_there(size: int, reads: list[tuple[int, int]]) -> None:
+    content = os.urandom(size)
+    host = HostFile(content)
+
+    async def scenario() -> list[tuple[int, int, bytes]]:
+        down = stream(Direction.DOWNLOAD, host)
+        got = [(offset, length, await down.read(offset, length)) for offset, length in reads]
+        await down.close_upstream()
+        return got
+
+    for offset, length, piece in asyncio.run(scenario()):
+        assert piece == content[offset:offset + length]  # whole, from any offset, after any jump; empty at the end
+    assert len({offset for offset, _ in host.reads}) <= 2 * len(reads) * (2 + transfer_files.READ_AHEAD + 2)
