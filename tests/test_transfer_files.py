@@ -102,13 +102,11 @@ def stream(direction: Direction, host: HostFile) -> Stream:
     return Stream(direction, "web-1", "/f", time.monotonic(), None, host)  # type: ignore[arg-type]
 
 
-@settings(deadline=None, max_examples=40)
-@given(st.integers(0, 3 * UPSTREAM_BLOCK + 5000), st.integers(512, 300_000))
-def test_reads_front_to_back_return_the_file_whole_from_a_few_large_host_reads(size: int, request: int) -> None:
-    content = os.urandom(size)
-    host = HostFile(content)
+def download(host: HostFile, request: int = 255 * 1024) -> bytes:
+    """The whole file, read front to back in ``request``-byte reads, as a client does; every answer is whole."""
+    size = len(host.content)
 
-    async def download() -> bytes:
+    async def run() -> bytes:
         down = stream(Direction.DOWNLOAD, host)
         got, offset = [], 0
         while piece := await down.read(offset, request):
@@ -118,7 +116,15 @@ def test_reads_front_to_back_return_the_file_whole_from_a_few_large_host_reads(s
         await down.close_upstream()
         return b"".join(got)
 
-    assert asyncio.run(download()) == content
+    return asyncio.run(run())
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(0, 3 * UPSTREAM_BLOCK + 5000), st.integers(512, 300_000))
+def test_reads_front_to_back_return_the_file_whole_from_a_few_large_host_reads(size: int, request: int) -> None:
+    content = os.urandom(size)
+    host = HostFile(content)
+    assert download(host, request) == content
     whole = [offset for offset, length in host.reads if length == UPSTREAM_BLOCK]
     assert all(offset % UPSTREAM_BLOCK == 0 for offset in whole)
     assert len(whole) <= size // UPSTREAM_BLOCK + 2 + transfer_files.READ_AHEAD  # read ahead, not per request
@@ -132,18 +138,7 @@ def test_a_host_that_answers_short_is_asked_for_the_rest() -> None:
         async def read(self, size: int, offset: int) -> bytes:
             return await super().read(min(size, 64 * 1024), offset)  # a host whose read limit is 64 KiB
 
-    host = Capped(content)
-
-    async def download() -> bytes:
-        down = stream(Direction.DOWNLOAD, host)
-        got, offset = [], 0
-        while piece := await down.read(offset, 255 * 1024):
-            got.append(piece)
-            offset += len(piece)
-        await down.close_upstream()
-        return b"".join(got)
-
-    assert asyncio.run(download()) == content  # short answers are not the end of the file
+    assert download(Capped(content)) == content  # short answers are not the end of the file
 
 
 def test_a_read_that_jumps_starts_over_from_where_the_client_is() -> None:
@@ -242,16 +237,7 @@ def test_a_host_that_answers_long_cannot_shift_the_blocks() -> None:
         async def read(self, size: int, offset: int) -> bytes:
             return await super().read(size + 1000, offset)  # more than asked for
 
-    async def download() -> bytes:
-        down = stream(Direction.DOWNLOAD, Long(content))
-        got, offset = [], 0
-        while piece := await down.read(offset, 255 * 1024):
-            got.append(piece)
-            offset += len(piece)
-        await down.close_upstream()
-        return b"".join(got)
-
-    assert asyncio.run(download()) == content
+    assert download(Long(content)) == content
 
 
 def test_a_failing_close_is_reported_only_where_it_matters() -> None:
