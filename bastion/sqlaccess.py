@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_AUDITED_SQL = 8192
+MAX_VERDICTS = 1024  # verdicts one connection keeps by statement shape: an application's hot statements
 SHAPES = ShapeCache()  # shared by every session: classification is pure, and apps repeat their statements
 REVIEW_UNAVAILABLE = "approvals are not available on this path, so the statement was not run"
 
@@ -108,6 +109,7 @@ class PolicyInspector:
         # by column, bound values are not audited at all rather than risk storing one.
         self._redact_params = any(rule.columns for rule in policy.masking)
         self._prepared: dict[str, Statement] = {}
+        self._verdicts: dict[bytes, StatementVerdict] = {}  # by shape key; see ShapeCache.classify_shape
         self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
     # -- Inspector ----------------------------------------------------------------
@@ -117,8 +119,14 @@ class PolicyInspector:
         if self._store.failure is not None:  # nothing runs that could not be audited
             return StatementVerdict(StatementEffect.DENY, "bastion",
                                     "the audit trail cannot be written right now, so nothing runs; try again shortly")
+        shape = SHAPES.shape(sql)
+        if shape is not None:
+            known = self._verdicts.get(shape[0])
+            if known is not None:
+                return known
         try:
-            statements = [resolve_execute(s, self._prepared) for s in SHAPES.classify(sql)]
+            classified, key = SHAPES.classify_shape(sql, shape)
+            statements = [resolve_execute(s, self._prepared) for s in classified]
         except SqlError as e:
             return StatementVerdict(StatementEffect.DENY, "unparsable",
                                     f"the SQL could not be parsed, so it is not allowed ({e}); check the syntax")
@@ -130,7 +138,13 @@ class PolicyInspector:
             return held
         if verdict.effect is StatementEffect.ALLOW:
             self._track_prepared(statements)
-        return StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
+        decided = StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
+        if key is not None:
+            # Same shape, same guardrail verdict (never a review: approvals are per text and change).
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[key] = decided
+        return decided
 
     def _held(self, sql: str, verdict: Verdict, *, extended: bool) -> StatementVerdict:
         """A statement a guardrail holds: run it on its approval, else file (or point at) its request."""

@@ -178,7 +178,9 @@ def classify(sql: str) -> list[Statement]:
 
 
 # Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.
-_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
+# In a shape key each stands for its token type, marked by \x01, which the scanner never returns.
+_LITERAL_TOKENS = {name: b"\x01" + name.encode()
+                   for name in ("SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST")}
 _UNICODE_ESCAPES = frozenset({"UIDENT", "USCONST", "UESCAPE"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
@@ -208,21 +210,34 @@ class ShapeCache:
 
     def classify(self, sql: str) -> list[Statement]:
         """What :func:`classify` returns for ``sql``; raises SqlError the same way."""
-        shape = _shape(sql)
+        return self.classify_shape(sql, _shape(sql))[0]
+
+    def shape(self, sql: str) -> tuple[bytes, str] | None:
+        """(key, statement text), or None when the scanner refuses the SQL; see :meth:`classify_shape`."""
+        return _shape(sql)
+
+    def classify_shape(self, sql: str, shape: tuple[bytes, str] | None) -> tuple[list[Statement], bytes | None]:
+        """:meth:`classify` given ``shape(sql)``; also the key when every text of that shape classifies alike.
+
+        With a key, the statements differ from those of any other text with
+        that key in their ``text`` only, so whatever is decided from the rest
+        of them (a guardrail's verdict) holds for every text of the shape.
+        """
         if shape is None:
-            return classify(sql)
+            return classify(sql), None
         key, text = shape
         cached = self._shapes.get(key)
         if cached is not None:
             self.hits += 1
-            return [replace(cached, text=text)]
+            return [replace(cached, text=text)], key
         self.misses += 1
         statements = classify(sql)
         if len(statements) == 1 and statements[0].kinds <= LITERAL_BLIND_KINDS:
             if len(self._shapes) >= self.size:
                 self._shapes.clear()  # simple and bounded; a hot shape is back after one parse
             self._shapes[key] = statements[0]
-        return statements
+            return statements, key
+        return statements, None
 
 
 def _shape(sql: str) -> tuple[bytes, str] | None:
@@ -230,18 +245,28 @@ def _shape(sql: str) -> tuple[bytes, str] | None:
     if "\x00" in sql:
         return None
     try:
-        # Comments are tokens of the scanner but whitespace to the grammar: they are left out.
-        tokens = [t for t in parser.scan(sql) if t.name not in _COMMENTS]
+        tokens = parser.scan(sql)
     except Exception:  # noqa: BLE001 - whatever the scanner dislikes, classify() decides about
         return None
-    if not tokens or any(t.name in _UNICODE_ESCAPES for t in tokens):
-        return None  # UESCAPE 'c' is a literal that changes how a U&"…" identifier reads
     data = sql.encode("utf-8")  # the scanner reports byte offsets, inclusive at the end
-    parts = [b"\x01" + t.name.encode() if t.name in _LITERAL_TOKENS else data[t.start:t.end + 1] for t in tokens]
-    last = tokens[-1]
+    parts = []
+    first = last = None
+    for token in tokens:  # one pass: this runs for every statement on the data path
+        name = token.name
+        if name in _COMMENTS:
+            continue  # comments are tokens of the scanner but whitespace to the grammar
+        if name in _UNICODE_ESCAPES:
+            return None  # UESCAPE 'c' is a literal that changes how a U&"…" identifier reads
+        literal = _LITERAL_TOKENS.get(name)
+        parts.append(data[token.start:token.end + 1] if literal is None else literal)
+        if first is None:
+            first = token
+        last = token
+    if first is None or last is None:
+        return None
     end = last.start if last.name == "ASCII_59" else len(data)  # 59 is ';'; classify() cuts before it
     # NUL never occurs in the SQL (refused above), so it separates tokens unambiguously.
-    return b"\x00".join(parts), data[tokens[0].start:end].decode("utf-8", "replace").strip()
+    return b"\x00".join(parts), data[first.start:end].decode("utf-8", "replace").strip()
 
 
 def has_parameters(sql: str) -> bool:
