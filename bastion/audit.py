@@ -94,11 +94,19 @@ class Issuance:
 
 
 _EVENT_FIELDS = ("ts", "kind", "user", "source", "target", "session", "rule", "outcome", "detail")
+_INSERTED = ("id", *_EVENT_FIELDS, "prev_hash", "hash")
+_INSERT = f"INSERT INTO events ({', '.join(_INSERTED)}) VALUES ({', '.join('?' * len(_INSERTED))})"
+
+
+# Built once: json.dumps() with options builds a new encoder per call, a third of an event's cost on the
+# SQL data path. The output is the same, so the chain's canonical form does not change.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+_DETAIL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _event_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    canonical = json.dumps([prev_hash, *(row[k] for k in _EVENT_FIELDS)], separators=(",", ":"),
-                           sort_keys=True, ensure_ascii=False)
+    canonical = _CANONICAL.encode([prev_hash, row["ts"], row["kind"], row["user"], row["source"], row["target"],
+                                   row["session"], row["rule"], row["outcome"], row["detail"]])  # _EVENT_FIELDS
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -232,15 +240,14 @@ class AuditStore:
         with self._immediate():
             last = self._conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
             next_id, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
+            values = []
             for row in rows:
                 row["id"] = next_id
                 row["prev_hash"] = prev
                 row["hash"] = prev = _event_hash(prev, row)
+                values.append([row[c] for c in _INSERTED])
                 next_id += 1
-            columns = ("id", *_EVENT_FIELDS, "prev_hash", "hash")
-            self._conn.executemany(
-                f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-                [[row[c] for c in columns] for row in rows])
+            self._conn.executemany(_INSERT, values)
 
     def events(
         self, *, user: str | None = None, since: float | None = None, kinds: tuple[str, ...] = (),
@@ -397,8 +404,7 @@ def _row(kind: str, user: str | None, source: str | None, target: str | None, se
     return {
         "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
         "source": source, "target": target, "session": session, "rule": rule, "outcome": outcome,
-        "detail": json.dumps({k: v for k, v in detail.items() if v is not None},
-                             sort_keys=True, separators=(",", ":"), default=str),
+        "detail": _DETAIL.encode({k: v for k, v in detail.items() if v is not None}),
     }
 
 
