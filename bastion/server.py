@@ -333,7 +333,7 @@ class ConnectionHandler(asyncssh.SSHServer):
         assert decision.policy is not None
         access = SqlAccess(self.runtime, self.auth.identity, target, decision.policy, session_id, self.peer,
                            grant=grant)
-        return access.serve_forward  # asyncssh runs it with the channel's reader and writer
+        return access.forward_channel()
 
     def _refuse_forward(self, user: str | None, host: str, port: int, rule: str, reason: str) -> Any:
         self.runtime.store.append("forward.refused", user=user, source=self.peer, session=self.conn_id,

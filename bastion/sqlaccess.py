@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from policies.approvals import RequestKind, State
 from policies.guardrails import DEFAULT_RULE, Verdict, evaluate
@@ -32,6 +32,7 @@ from .audit import AuditStore
 from .config import Config, TargetConfig
 from .errors import BastionError
 from .proxies.base import Column, RowMasker, StatementEvent, StatementVerdict, Upstream
+from .proxies.links import ChannelLink, Link
 from .proxies.pgclient import PgClient
 from .proxies.postgres import serve_client
 
@@ -270,7 +271,12 @@ class SqlAccess:
             raise BastionError(f"cannot open {self.target.name}: {e}") from e
         return client
 
-    async def serve_forward(self, reader: Any, writer: Any) -> None:
+    def forward_channel(self) -> ChannelLink:
+        """The session of an `ssh -L` channel to this target: served once asyncssh has opened it."""
+        return ChannelLink(on_open=lambda link: self.runtime.background(
+            self.serve_forward(link), f"forwarded connection {self.session} to {self.target.name}"))
+
+    async def serve_forward(self, client: Link) -> None:
         """Serve a native client (psql, drivers, GUIs) that reached us with `ssh -L`; record a transcript."""
         runtime = self.runtime
         assert runtime.recordings is not None
@@ -289,16 +295,16 @@ class SqlAccess:
             runtime.store.append("session.cut", user=self.identity.user, source=self.source, target=self.target.name,
                                  session=self.session, outcome="ended", reason=why)
             transcript.marker(f"forward ending: {why}")
-            writer.close()
+            client.close()
 
         release = runtime.hold_grant(self.grant, end) if self.grant is not None else None
         try:
             upstream = upstream_for(self.target)
-            await serve_client(reader, writer, upstream, self.inspector(on_event=record),
+            await serve_client(client, upstream, self.inspector(on_event=record),
                                session_label=f"{self.session}/{self.target.name}")
         except BastionError as e:
             log.warning("forward to %s refused: %s", self.target.name, e)
-            writer.close()
+            client.close()
         finally:
             if release is not None:
                 release()

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -266,6 +267,55 @@ def test_startup_options_are_not_forwarded(proxy: Proxy) -> None:
     with psycopg.connect(proxy.dsn(options="-c search_path=evil"), autocommit=True) as c:
         assert c.execute("SHOW search_path").fetchone() == ('"$user", public',)
         assert c.execute("SELECT current_user, current_database()").fetchone() == ("app", "appdb")
+
+
+def test_messages_larger_than_one_read_pass_whole_both_ways(conn: psycopg.Connection[Any]) -> None:
+    # The relays frame what each read brings: a message of many reads is held, and joined once it is whole.
+    big = "x" * (3 * 1024 * 1024 + 17)
+    assert conn.execute("SELECT %s::text AS note", (big,)).fetchone() == (big,)  # a 3 MiB Bind, and DataRow
+    assert conn.execute(f"SELECT length('{big}')").fetchone() == (len(big),)     # a 3 MiB Query
+
+
+def test_new_result_shapes_in_one_chunk_are_looked_up_one_after_another(proxy: Proxy,
+                                                                         conn: psycopg.Connection[Any]) -> None:
+    # Each new shape pauses the relay for its table names; what arrived behind it waits, in order.
+    cur = conn.execute("SELECT email FROM customers WHERE id = 1; SELECT name, ssn FROM customers WHERE id = 2; "
+                       "SELECT k, v FROM kv WHERE k < 0; SELECT id, email FROM big WHERE id = 3")
+    results = [cur.fetchall()]
+    while cur.nextset():
+        results.append(cur.fetchall())
+    assert results == [[("***",)], [("Bob", "***")], [], [(3, "***")]]
+    tables = {table for columns in proxy.inspectors[-1].columns_seen[-4:] for table, _, _ in columns}
+    assert tables == {"public.customers", "public.kv", "public.big"}
+
+
+def test_a_client_that_reads_slowly_gets_every_row(proxy: Proxy) -> None:
+    # A small receive buffer and pauses: the proxy's writes to the client back up, and it must stop
+    # reading the target until they drain (flow control), then carry on to the last row.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
+        buf, rows, emails, ready = b"", 0, set(), 0
+        while ready < 2:
+            data = sock.recv(8192)
+            assert data, "the proxy closed the connection"
+            buf += data
+            msgs, rest = w.frames(buf, 0, 1 << 30)
+            for typ, start, end in msgs:
+                if typ == w.READY:
+                    ready += 1
+                    if ready == 1:
+                        sock.sendall(w.query("SELECT id, email, repeat('y', 500) AS pad FROM big ORDER BY id"))
+                elif typ == w.DATA_ROW:
+                    rows += 1
+                    emails.add(w.split_datarow(buf, start, end)[1])
+                elif typ == w.ERROR:
+                    raise AssertionError(dict(w.parse_fields(buf[start:end])))
+            buf = buf[rest:]
+            if ready == 1 and rows < 4000:  # 2 MB read slowly: more than the kernel's buffers hold
+                time.sleep(0.001)
+    assert rows == 20000 and emails == {b"***"}
 
 
 # ---- cancel, and failures upstream ---------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,28 +130,6 @@ class Inspector(Protocol):
     def audit(self, event: StatementEvent) -> None:
         """Record one statement's outcome."""
         ...
-
-
-class ByteReader(Protocol):
-    """The read side of a client stream (asyncio.StreamReader or asyncssh.SSHReader)."""
-
-    async def read(self, n: int = -1) -> bytes: ...
-
-    async def readexactly(self, n: int) -> bytes: ...
-
-
-class ByteWriter(Protocol):
-    """The write side of a client stream (asyncio.StreamWriter or asyncssh.SSHWriter)."""
-
-    def write(self, data: bytes) -> None: ...
-
-    def writelines(self, data: Iterable[bytes]) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def is_closing(self) -> bool: ...
 
 
 class ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -15,25 +15,57 @@ from collections.abc import Callable
 
 from . import pg_handshake as hs
 from . import pgwire as w
-from .base import ByteWriter, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
+from .base import Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
+from .links import Link
 from .pg_state import Await, Pending, Result, Shape
 from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection, refuse_string_syntax
 
-CHUNK = 256 * 1024
 MAX_SHAPES = 1024
 FREE_TEXT_FIELDS = frozenset("MDHWq")  # message, detail, hint, context, internal query
 NOT_RUN = "not executed: an earlier message of the same pipeline failed"
 _UNSET: object = object()
 
 
-def write_chunk(writer: ByteWriter | asyncio.StreamWriter, buf: bytes, out: list[bytes], seg: int,
-                rest: int) -> None:
+def write_chunk(writer: Link, buf: bytes, out: list[bytes], seg: int, rest: int) -> None:
     """Send the relayed part of a chunk: as it came when nothing was rewritten, else the pieces in order."""
     if seg == 0 and rest == len(buf):
         writer.write(buf)
     else:
         out.append(buf[seg:rest])
         writer.write(b"".join(out))
+
+
+class Gather:
+    """The incomplete message at the end of a relay's last chunk, held until the chunks that complete it arrive.
+
+    Joined once, when whole: a 100 MiB COPY row is not copied again for every 256 KiB that arrives.
+    """
+
+    __slots__ = ("_need", "_parts", "_size")
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._need = 0
+
+    def add(self, data: bytes) -> bytes | None:
+        """What to frame now: the held tail, then ``data``; None while a large message is still incomplete."""
+        if not self._parts:
+            return data
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size < self._need:
+            return None
+        buf = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        return buf
+
+    def keep(self, buf: bytes, rest: int) -> None:
+        """Hold ``buf[rest:]``, the start of a message that has not fully arrived (framed: its length is valid)."""
+        if rest < len(buf):
+            tail = buf[rest:]
+            self._parts, self._size = [tail], len(tail)
+            self._need = len(tail) + w.pending_length(tail, 0)  # nothing more known while the header is cut
 
 
 class LostTrack(ProxyError):
@@ -45,7 +77,7 @@ class LostTrack(ProxyError):
 class ResultRelay:
     """Relays the target's responses in the order the client expects them."""
 
-    def __init__(self, writer: ByteWriter, conn: UpstreamConnection, upstream: Upstream,
+    def __init__(self, writer: Link, conn: UpstreamConnection, upstream: Upstream,
                  inspector: Inspector, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
         self.client_writer = writer
         self.conn = conn
@@ -61,6 +93,11 @@ class ResultRelay:
         self.shapes: dict[bytes, Shape] = {}
         self._free: object = _UNSET
         self._after: list[bytes] = []  # our own replies that follow the message being relayed
+        self._target_buf = Gather()
+        self._learning: asyncio.Task[None] | None = None  # a result shape's table names being looked up
+        self._held: list[bytes] = []   # the target's chunks waiting for that lookup
+        self._holds: set[str] = set()  # why the target's reading is paused: "client" full, "shape" lookup
+        self.target_consumer: Callable[[bytes], None] = self.target_data  # as the session guards it
 
     def close(self) -> None:
         """Release what the session holds besides its two streams."""
@@ -118,50 +155,90 @@ class ResultRelay:
 
     # ---- the relay --------------------------------------------------------------------------
 
-    async def target_relay(self) -> None:
-        """Relay the target's messages to the client until the target closes."""
-        reader, client = self.conn.reader, self.client_writer
-        buf = b""
-        while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                self.log.info("the target closed the connection")
-                return
-            buf = buf + data if buf else data
-            msgs, rest = w.frames(buf, 0, UPSTREAM_MAX_MESSAGE)
-            out: list[bytes] = []
-            seg = 0
-            for typ, start, end in msgs:
-                if typ == w.DATA_ROW:
-                    result = self.result or self._begin_rows()
-                    if result.masker is None:
-                        continue
-                    repl = self._mask_row(result, buf, start, end)
-                elif typ == w.ROW_DESCRIPTION:
-                    body = buf[start:end]
-                    if body not in self.shapes:
-                        # Flush first: our own replies must not overtake what came before this.
-                        out.append(buf[seg:start - 5])
-                        seg = start - 5
-                        client.write(b"".join(out))
-                        out = []
-                        await self._learn_shape(body)
-                    repl = self._row_description(self.shapes[body])
-                else:
-                    repl = self._message(typ, buf[start:end])
-                if self._after:
-                    repl = (buf[start - 5:end] if repl is None else repl) + b"".join(self._after)
-                    self._after.clear()
-                if repl is not None:
+    def target_data(self, data: bytes) -> None:
+        """Relay the target's messages in one chunk (the target link's consumer)."""
+        if self._learning is not None:
+            self._held.append(data)  # arrived while a result's table names are looked up: in order, after
+            return
+        buf = self._target_buf.add(data)
+        if buf is None:
+            return  # a large message, still arriving
+        client = self.client_writer
+        msgs, rest = w.frames(buf, 0, UPSTREAM_MAX_MESSAGE)
+        out: list[bytes] = []
+        seg = 0
+        for typ, start, end in msgs:
+            if typ == w.DATA_ROW:
+                result = self.result or self._begin_rows()
+                if result.masker is None:
+                    continue
+                repl = self._mask_row(result, buf, start, end)
+            elif typ == w.ROW_DESCRIPTION:
+                body = buf[start:end]
+                if body not in self.shapes:
+                    # Flush first: our own replies must not overtake what came before this.
                     out.append(buf[seg:start - 5])
-                    out.append(repl)
-                    seg = end
-            write_chunk(client, buf, out, seg, rest)
-            await client.drain()
-            buf = buf[rest:]
-            need = w.pending_length(buf, 0)
-            if need > CHUNK:
-                buf += await reader.readexactly(need)
+                    client.write(b"".join(out))
+                    self._learn(body, buf[start - 5:])
+                    return
+                repl = self._row_description(self.shapes[body])
+            else:
+                repl = self._message(typ, buf[start:end])
+            if self._after:
+                repl = (buf[start - 5:end] if repl is None else repl) + b"".join(self._after)
+                self._after.clear()
+            if repl is not None:
+                out.append(buf[seg:start - 5])
+                out.append(repl)
+                seg = end
+        write_chunk(client, buf, out, seg, rest)
+        self._target_buf.keep(buf, rest)
+        if client.write_paused:  # the client takes no more for now: so neither do we from the target
+            self._hold_target("client")
+            client.when_writable(lambda: self._release_target("client"))
+
+    def _learn(self, body: bytes, rest: bytes) -> None:
+        """Look up a new result shape's table names; then relay ``rest`` (from its RowDescription on)."""
+        self._hold_target("shape")
+        self._held = [rest]
+
+        async def learn() -> None:
+            try:
+                await self._learn_shape(body)
+            except Exception as e:  # noqa: BLE001 - raised by the session's run(), as any relay error
+                self.finish(e)
+                return
+            self._learning = None
+            held, self._held = self._held, []
+            consume = self.target_consumer
+            for i, chunk in enumerate(held):
+                consume(chunk)  # may start another lookup: what is left goes on waiting behind it
+                if self._learning is not None:
+                    self._held.extend(held[i + 1:])
+                    return
+            self._release_target("shape")
+
+        self._learning = asyncio.get_running_loop().create_task(learn())
+
+    def _hold_target(self, why: str) -> None:
+        if not self._holds:
+            self.conn.link.pause_reading()
+        self._holds.add(why)
+
+    def _release_target(self, why: str) -> None:
+        self._holds.discard(why)
+        if not self._holds:
+            self.conn.link.resume_reading()
+
+    def cancel_waits(self) -> None:
+        """The session is over: stop a lookup still running."""
+        if self._learning is not None:
+            self._learning.cancel()
+            self._learning = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the session (PgSession says how)."""
+        raise NotImplementedError
 
     async def _learn_shape(self, body: bytes) -> None:
         fields = w.parse_row_description(body)

@@ -13,30 +13,38 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from policies.model import StatementEffect
 
 from . import pgwire as w
-from .base import HELD_DETAIL, ByteReader, ByteWriter, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
-from .pg_results import ResultRelay, write_chunk
+from .base import HELD_DETAIL, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
+from .links import Link
+from .pg_results import Gather, ResultRelay, write_chunk
 from .pg_state import Await, Pending, Portal, Statement, render_params
 from .pg_upstream import UpstreamConnection
 
-CHUNK = 256 * 1024
 SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
 SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
 
 
 class PgSession(ResultRelay):
-    """The relays of one client connection and the state they share."""
+    """The relays of one client connection and the state they share.
 
-    def __init__(self, reader: ByteReader, writer: ByteWriter, conn: UpstreamConnection, upstream: Upstream,
+    Both relays run from their links' callbacks (:meth:`Link.divert`): each
+    chunk is framed, judged and forwarded in the ``data_received`` that
+    brought it. A relay that must wait (the client or the target not taking
+    more, a result shape whose table names are looked up) pauses its source's
+    reading and resumes it when the wait is over.
+    """
+
+    def __init__(self, client: Link, conn: UpstreamConnection, upstream: Upstream,
                  inspector: Inspector, logger: logging.LoggerAdapter, *,  # type: ignore[type-arg]
                  max_message: int = w.DEFAULT_MAX_MESSAGE) -> None:
-        super().__init__(writer, conn, upstream, inspector, logger)
-        self.client_reader = reader
+        super().__init__(client, conn, upstream, inspector, logger)
+        self.client = client
         self.max_message = max_message
         self.statements: dict[str, Statement] = {}
         self.portals: dict[str, Portal] = {}
@@ -44,54 +52,77 @@ class PgSession(ResultRelay):
         self.batch_executes = 0      # Executes forwarded since the last Sync: a refusal must undo them
         self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
         self.terminated = False
+        self._client_buf = Gather()
 
     async def run(self) -> None:
         """Relay both ways until either side closes; raise what ended it abnormally."""
-        front = asyncio.create_task(self._client_relay())
-        back = asyncio.create_task(self.target_relay())
+        self.done = asyncio.get_running_loop().create_future()
+        self.target_consumer = self._guarded(self.target_data)
+        self.client.divert(self._guarded(self._client_data), self._ended("client"))
+        self.conn.link.divert(self.target_consumer, self._ended("target"))
         try:
-            done, _ = await asyncio.wait({front, back}, return_when=asyncio.FIRST_COMPLETED)
+            await self.done
         finally:
-            for task in (front, back):
-                task.cancel()
-            await asyncio.gather(front, back, return_exceptions=True)
-        for task in done:
-            task.result()
+            self.client.stop()
+            self.conn.link.stop()
+            self.cancel_waits()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the session: normally, or with the error that ended it (raised by :meth:`run`)."""
+        if not self.done.done():
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
+
+    def _guarded(self, relay: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        def consume(data: bytes) -> None:
+            if self.done.done():
+                return
+            try:
+                relay(data)
+            except Exception as e:  # noqa: BLE001 - raised by run(), in the session's task, not in the transport
+                self.finish(e)
+        return consume
+
+    def _ended(self, side: str) -> Callable[[BaseException | None], None]:
+        def ended(error: BaseException | None) -> None:
+            # Either peer leaving ends the session, as a closed stream did; why is worth a line, not a trace.
+            log = self.log.info if side == "target" else self.log.debug
+            log("the %s closed the connection%s", side, f" ({error})" if error else "")
+            self.finish()
+        return ended
 
     # ---- client -> target -------------------------------------------------------------------
 
-    async def _client_relay(self) -> None:
-        read, up = self.client_reader.read, self.conn.writer
-        buf = b""
-        while True:
-            data = await read(CHUNK)
-            if not data:
-                self.log.debug("client closed the connection")
-                return
-            buf = buf + data if buf else data
-            msgs, rest = w.frames(buf, 0, self.max_message)
-            out: list[bytes] = []
-            seg = 0
-            for typ, start, end in msgs:
-                if typ == w.COPY_DATA and not self.discarding:
-                    continue
-                repl = self._client_message(typ, buf[start:end])
-                if repl is not None:
-                    out.append(buf[seg:start - 5])
-                    out.append(repl)
-                    seg = end
-                if self.terminated:
-                    rest = end
-                    break
-            write_chunk(up, buf, out, seg, rest)
-            await up.drain()
+    def _client_data(self, data: bytes) -> None:
+        buf = self._client_buf.add(data)
+        if buf is None:
+            return  # a large message, still arriving
+        up = self.conn.link
+        msgs, rest = w.frames(buf, 0, self.max_message)
+        out: list[bytes] = []
+        seg = 0
+        for typ, start, end in msgs:
+            if typ == w.COPY_DATA and not self.discarding:
+                continue
+            repl = self._client_message(typ, buf[start:end])
+            if repl is not None:
+                out.append(buf[seg:start - 5])
+                out.append(repl)
+                seg = end
             if self.terminated:
-                self.log.debug("client terminated the session")
-                return
-            buf = buf[rest:]
-            need = w.pending_length(buf, 0)
-            if need > CHUNK:
-                buf += await self.client_reader.readexactly(need)
+                rest = end
+                break
+        write_chunk(up, buf, out, seg, rest)
+        if self.terminated:
+            self.log.debug("client terminated the session")
+            self.finish()
+            return
+        self._client_buf.keep(buf, rest)
+        if up.write_paused:  # the target takes no more for now: so neither do we from the client
+            self.client.pause_reading()
+            up.when_writable(self.client.resume_reading)
 
     def _client_message(self, typ: int, body: bytes) -> bytes | None:
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""

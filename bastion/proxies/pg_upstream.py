@@ -19,10 +19,10 @@ from scramp import ScramClient, ScramException
 from . import pg_handshake as hs
 from . import pgwire as w
 from .base import ProxyError, Upstream
+from .links import TcpLink, open_tcp
 
 SCRAM = "SCRAM-SHA-256"
 UPSTREAM_MAX_MESSAGE = 1 << 30        # PostgreSQL's own limit on one value; the target is not the adversary
-READ_LIMIT = 1 << 20                  # StreamReader buffer: fewer, larger reads on bulk results
 
 
 class UpstreamError(ProxyError):
@@ -46,8 +46,7 @@ class UpstreamAuthError(UpstreamError):
 class UpstreamConnection:
     """A logged-in connection to the target, and what its startup told us."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    link: TcpLink
     pid: int = 0
     key: bytes = b""
     startup: list[bytes] = field(default_factory=list)  # framed ParameterStatus/NoticeResponse, in order
@@ -55,12 +54,12 @@ class UpstreamConnection:
 
     def close(self) -> None:
         """Say goodbye and close, without waiting."""
-        if not self.writer.is_closing():
+        if not self.link.is_closing():
             try:
-                self.writer.write(w.TERMINATE_MESSAGE)
+                self.link.write(w.TERMINATE_MESSAGE)
             except (ConnectionError, RuntimeError):
                 pass  # already gone: closing is all that is left to do
-            self.writer.close()
+            self.link.close()
 
 
 def _reason(e: OSError) -> str:
@@ -80,31 +79,34 @@ def _ssl_context(upstream: Upstream) -> ssl.SSLContext:
     return ctx
 
 
-async def open_stream(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP stream to the target, upgraded to TLS when its ``tls`` mode asks for it."""
+async def open_link(upstream: Upstream) -> TcpLink:
+    """A TCP connection to the target, upgraded to TLS when its ``tls`` mode asks for it."""
     where = f"cannot reach target {upstream.label}"
     try:
-        reader, writer = await asyncio.open_connection(upstream.host, upstream.port, limit=READ_LIMIT)
+        link = await open_tcp(upstream.host, upstream.port)
     except OSError as e:
         raise UpstreamError(f"{where}: {_reason(e)}") from e
     if upstream.tls == "disable":
-        return reader, writer
+        return link
     try:
-        writer.write(hs.ssl_request())
-        answer = await reader.readexactly(1)
+        link.write(hs.ssl_request())
+        answer = await link.readexactly(1)
         if answer != b"S":
             raise UpstreamError(f"{where}: it does not accept TLS, and tls is {upstream.tls}")
-        await writer.start_tls(_ssl_context(upstream), server_hostname=upstream.host)
+        await link.start_tls(_ssl_context(upstream), server_hostname=upstream.host)
     except ssl.SSLError as e:
-        writer.close()
+        link.close()
         raise UpstreamError(f"{where}: TLS failed: {e.reason or e}") from e
     except (OSError, asyncio.IncompleteReadError) as e:
-        writer.close()
+        link.close()
         raise UpstreamError(f"{where}: connection lost during TLS negotiation") from e
-    return reader, writer
+    except BaseException:
+        link.close()
+        raise
+    return link
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_message(reader: TcpLink) -> tuple[int, bytes]:
     """One whole message from the target: (type, body)."""
     head = await reader.readexactly(5)
     typ, length = w.HEADER.unpack(head)
@@ -122,12 +124,11 @@ async def login(upstream: Upstream, params: dict[str, str], *, timeout: float = 
     """Connect and log in as the target's user; collect what the client must see of the startup."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await open_stream(upstream)
-            conn = UpstreamConnection(reader, writer)
+            conn = UpstreamConnection(await open_link(upstream))
             try:
                 await _startup(conn, upstream, params)
             except BaseException:
-                writer.close()
+                conn.link.close()
                 raise
             return conn
     except TimeoutError as e:
@@ -140,10 +141,10 @@ async def login(upstream: Upstream, params: dict[str, str], *, timeout: float = 
 
 async def _startup(conn: UpstreamConnection, upstream: Upstream, params: dict[str, str]) -> None:
     startup = {"user": upstream.user, **({"database": upstream.database} if upstream.database else {}), **params}
-    conn.writer.write(hs.startup_message(startup))
+    conn.link.write(hs.startup_message(startup))
     scram: ScramClient | None = None
     while True:
-        typ, body = await read_message(conn.reader)
+        typ, body = await read_message(conn.link)
         if typ == w.AUTH:
             code = hs.parse_int32s(body, 1)[0]
             if code == 0:
@@ -167,7 +168,7 @@ async def _startup(conn: UpstreamConnection, upstream: Upstream, params: dict[st
 def _authenticate(conn: UpstreamConnection, upstream: Upstream, code: int, body: bytes,
                   scram: ScramClient | None) -> ScramClient | None:
     """Answer one authentication request; return the SCRAM exchange in progress, if any."""
-    send = conn.writer.write
+    send = conn.link.write
     try:
         if code == 10:                                    # AuthenticationSASL
             if SCRAM not in hs.parse_sasl_mechanisms(body):
@@ -215,13 +216,13 @@ def _login_refused(upstream: Upstream, fields: dict[str, str]) -> UpstreamError:
 async def send_cancel(upstream: Upstream, pid: int, key: bytes, *, timeout: float = 10.0) -> None:
     """Forward a CancelRequest for the target backend ``pid``; PostgreSQL answers by closing."""
     async with asyncio.timeout(timeout):
-        reader, writer = await open_stream(upstream)
+        link = await open_link(upstream)
         try:
-            writer.write(hs.cancel_request(pid, key))
-            await writer.drain()
-            await reader.read(1)
+            link.write(hs.cancel_request(pid, key))
+            await link.drain()
+            await link.read(1)
         finally:
-            writer.close()
+            link.close()
 
 
 class TableNames:
@@ -266,12 +267,12 @@ class TableNames:
         if self._conn is None:
             self._conn = await login(self._upstream, {"application_name": "bastion catalog"})
         conn = self._conn
-        conn.writer.write(w.query(
+        conn.link.write(w.query(
             "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             f"WHERE c.oid IN ({','.join(str(o) for o in oids)})"))
         while True:
-            typ, body = await read_message(conn.reader)
+            typ, body = await read_message(conn.link)
             if typ == w.DATA_ROW:
                 oid, schema, table = w.split_datarow(body, 0, len(body))
                 if oid is not None and schema is not None and table is not None:

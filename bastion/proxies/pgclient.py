@@ -19,16 +19,18 @@ from shell.sql import SqlResult
 
 from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, Upstream
+from .links import TcpLink
 from .postgres import serve_client
 
 PROTOCOL_3 = 196608
 CANCEL_REQUEST = 80877102
 
 
-async def _pair() -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter],
-                           tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+async def _pair() -> tuple[TcpLink, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """The proxy's end of a socket pair as a link, and the console's end as streams."""
     left, right = socket.socketpair()
-    return await asyncio.open_connection(sock=left), await asyncio.open_connection(sock=right)
+    _, proxy_end = await asyncio.get_running_loop().create_connection(TcpLink, sock=left)
+    return proxy_end, await asyncio.open_connection(sock=right)
 
 
 class PgClient:
@@ -51,9 +53,9 @@ class PgClient:
 
     async def connect(self, user: str, database: str | None) -> None:
         """Start the proxy on one end of a socket pair and log in on the other. Raises ConnectionError."""
-        (sr, sw), (cr, cw) = await _pair()
+        proxy_end, (cr, cw) = await _pair()
         self._server = asyncio.get_running_loop().create_task(
-            serve_client(sr, sw, self._upstream, self._inspector, session_label=self._label))
+            serve_client(proxy_end, self._upstream, self._inspector, session_label=self._label))
         self._reader, self._writer = cr, cw
         params = b"user\0" + user.encode() + b"\0" + (b"database\0" + database.encode() + b"\0" if database else b"")
         body = struct.pack("!i", PROTOCOL_3) + params + b"\0"
@@ -133,9 +135,9 @@ class PgClient:
         """Cancel the running statement, as psql does: a CancelRequest on a new connection."""
         if self._key is None:
             return
-        (sr, sw), (_, cw) = await _pair()
+        proxy_end, (_, cw) = await _pair()
         task = asyncio.get_running_loop().create_task(
-            serve_client(sr, sw, self._upstream, self._inspector, session_label=self._label + "/cancel"))
+            serve_client(proxy_end, self._upstream, self._inspector, session_label=self._label + "/cancel"))
         cw.write(struct.pack("!iiii", 16, CANCEL_REQUEST, *self._key))
         await cw.drain()
         with contextlib.suppress(TimeoutError):

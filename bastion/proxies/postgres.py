@@ -34,9 +34,10 @@ from collections.abc import Callable
 
 from . import pg_handshake as hs
 from . import pgwire as w
-from .base import ByteReader, ByteWriter, ConnLog, Inspector, NotAllowed, ProxyError, Upstream, require_loopback
+from .base import ConnLog, Inspector, NotAllowed, ProxyError, Upstream, require_loopback
+from .links import Link, TcpLink
 from .pg_session import PgSession
-from .pg_upstream import READ_LIMIT, UpstreamConnection, login, send_cancel
+from .pg_upstream import UpstreamConnection, login, send_cancel
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class CancelKeys:
 CANCEL_KEYS = CancelKeys()
 
 
-async def serve_client(reader: ByteReader, writer: ByteWriter, upstream: Upstream, inspector: Inspector, *,
+async def serve_client(client: Link, upstream: Upstream, inspector: Inspector, *,
                        session_label: str, max_message: int = w.DEFAULT_MAX_MESSAGE,
                        connect_timeout: float = 10.0, cancel_keys: CancelKeys = CANCEL_KEYS) -> None:
     """Serve one client connection until either side closes. Never raises for protocol or target errors."""
@@ -80,26 +81,26 @@ async def serve_client(reader: ByteReader, writer: ByteWriter, upstream: Upstrea
     issued: tuple[int, bytes] | None = None
     try:
         async with asyncio.timeout(STARTUP_TIMEOUT):
-            packet = await _first_packet(reader, writer)
+            packet = await _first_packet(client)
         if packet.code == hs.CANCEL_REQUEST:
             await _forward_cancel(packet, upstream, cancel_keys, clog, connect_timeout)
             return
         params, greeting = _startup_params(packet, session_label, clog)
         conn = await login(upstream, params, timeout=connect_timeout)
         issued = cancel_keys.issue(upstream, conn.pid, conn.key)
-        writer.write(b"".join([greeting, hs.auth_ok(), *conn.startup, hs.backend_key(*issued),
+        client.write(b"".join([greeting, hs.auth_ok(), *conn.startup, hs.backend_key(*issued),
                                w.ready_for_query(conn.status)]))
         clog.info("connected to target %s as %s", upstream.label, upstream.user)
-        session = PgSession(reader, writer, conn, upstream, inspector, clog, max_message=max_message)
+        session = PgSession(client, conn, upstream, inspector, clog, max_message=max_message)
         await session.run()
     except ProxyError as e:
         clog.warning("closing the connection: %s", e)
-        _send_fatal(writer, e.sqlstate, str(e))
+        _send_fatal(client, e.sqlstate, str(e))
     except (ConnectionError, asyncio.IncompleteReadError, TimeoutError) as e:
         clog.info("connection ended: %s", type(e).__name__)
     except Exception:  # noqa: BLE001 - broad on purpose: one broken connection must never reach the daemon
         clog.exception("internal error; closing this connection")
-        _send_fatal(writer, "XX000", "internal error in the bastion's PostgreSQL proxy; the connection is closed")
+        _send_fatal(client, "XX000", "internal error in the bastion's PostgreSQL proxy; the connection is closed")
     finally:
         if issued is not None:
             cancel_keys.revoke(*issued)
@@ -107,26 +108,26 @@ async def serve_client(reader: ByteReader, writer: ByteWriter, upstream: Upstrea
             session.close()
         if conn is not None:
             conn.close()
-        if not writer.is_closing():
-            writer.close()
+        if not client.is_closing():
+            client.close()
 
 
-def _send_fatal(writer: ByteWriter, sqlstate: str, text: str) -> None:
-    if not writer.is_closing():
+def _send_fatal(client: Link, sqlstate: str, text: str) -> None:
+    if not client.is_closing():
         try:
-            writer.write(w.error_response(sqlstate, text, severity="FATAL"))
+            client.write(w.error_response(sqlstate, text, severity="FATAL"))
         except (ConnectionError, RuntimeError):
             pass  # the client is gone; there is nobody left to tell
 
 
-async def _first_packet(reader: ByteReader, writer: ByteWriter) -> hs.StartupPacket:
+async def _first_packet(client: Link) -> hs.StartupPacket:
     """Read the startup packet, declining encryption requests (the SSH channel is the transport)."""
     for _ in range(3):
-        body = await reader.readexactly(hs.startup_length(await reader.readexactly(4)))
+        body = await client.readexactly(hs.startup_length(await client.readexactly(4)))
         packet = hs.parse_startup(body)
         if packet.code not in (hs.SSL_REQUEST, hs.GSSENC_REQUEST):
             return packet
-        writer.write(b"N")
+        client.write(b"N")
     raise w.ProtocolError("too many encryption requests")
 
 
@@ -171,9 +172,12 @@ async def serve_tcp(upstream: Upstream, inspector_factory: Callable[[], Inspecto
     """Listen on loopback and serve each connection (benchmarks and tests; the bastion hands streams over SSH)."""
     require_loopback(host)
     counter = itertools.count(1)
+    serving: set[asyncio.Task[None]] = set()  # held here: the loop keeps only weak references to tasks
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_client(reader, writer, upstream, inspector_factory(),
-                           session_label=f"{label}-{next(counter)}", max_message=max_message)
+    def start(client: TcpLink) -> None:
+        task = asyncio.get_running_loop().create_task(serve_client(
+            client, upstream, inspector_factory(), session_label=f"{label}-{next(counter)}", max_message=max_message))
+        serving.add(task)
+        task.add_done_callback(serving.discard)
 
-    return await asyncio.start_server(handle, host, port, limit=READ_LIMIT)
+    return await asyncio.get_running_loop().create_server(lambda: TcpLink(on_open=start), host, port)
