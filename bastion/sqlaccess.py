@@ -110,7 +110,7 @@ class PolicyInspector:
         # by column, bound values are not audited at all rather than risk storing one.
         self._redact_params = any(rule.columns for rule in policy.masking)
         self._prepared: dict[str, Statement] = {}
-        self._verdicts: dict[bytes, StatementVerdict] = {}  # by shape key; see ShapeCache.classify_shape
+        self._verdicts: dict[str, StatementVerdict] = {}  # by shape key; see ShapeCache.classify_shape
         self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
     # -- Inspector ----------------------------------------------------------------

@@ -162,25 +162,22 @@ def classify(sql: str) -> list[Statement]:
         raise SqlError(f"syntax error: {e}") from e
     except Exception as e:  # the C extension has other failure modes (encoding, limits): all mean "unknown"
         raise SqlError(f"cannot parse: {type(e).__name__}") from e
-    data = sql.encode("utf-8")  # the parser reports byte offsets
     statements = []
     for item in raw:
         if isinstance(item.stmt, ast.VariableSetStmt) and (item.stmt.name or "").lower() in STRING_SYNTAX_SETTINGS:
             # This parser reads quotes and backslashes as the setting is now; changed, the server would not.
             raise SqlError(f"{item.stmt.name} may not be changed through the bastion: its guardrails must read "
                            "string literals exactly as the server does")
-        start = item.stmt_location or 0
-        end = start + item.stmt_len if item.stmt_len else len(data)
-        text = data[start:end].decode("utf-8", "replace").strip()
+        start = item.stmt_location or 0  # pglast reports characters of sql, not bytes
+        end = start + item.stmt_len if item.stmt_len else len(sql)
+        text = sql[start:end].strip()
         kind = next(iter(node_kinds(item.stmt)), "other")
         statements.append(_statement(text, kind, walk(item.stmt)))
     return statements
 
 
 # Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.
-# In a shape key each stands for its token type, marked by \x01, which the scanner never returns.
-_LITERAL_TOKENS = {name: b"\x01" + name.encode()
-                   for name in ("SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST")}
+_LITERAL_TOKENS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 _UNICODE_ESCAPES = frozenset({"UIDENT", "USCONST", "UESCAPE"})
 _COMMENTS = frozenset({"C_COMMENT", "SQL_COMMENT"})
 
@@ -205,18 +202,18 @@ class ShapeCache:
 
     def __init__(self, size: int = 4096) -> None:
         self.size = size
-        self._shapes: dict[bytes, Statement] = {}
+        self._shapes: dict[str, Statement] = {}
         self.hits = self.misses = 0
 
     def classify(self, sql: str) -> list[Statement]:
         """What :func:`classify` returns for ``sql``; raises SqlError the same way."""
         return self.classify_shape(sql, _shape(sql))[0]
 
-    def shape(self, sql: str) -> tuple[bytes, str] | None:
+    def shape(self, sql: str) -> tuple[str, str] | None:
         """(key, statement text), or None when the scanner refuses the SQL; see :meth:`classify_shape`."""
         return _shape(sql)
 
-    def classify_shape(self, sql: str, shape: tuple[bytes, str] | None) -> tuple[list[Statement], bytes | None]:
+    def classify_shape(self, sql: str, shape: tuple[str, str] | None) -> tuple[list[Statement], str | None]:
         """:meth:`classify` given ``shape(sql)``; also the key when every text of that shape classifies alike.
 
         With a key, the statements differ from those of any other text with
@@ -240,15 +237,19 @@ class ShapeCache:
         return statements, None
 
 
-def _shape(sql: str) -> tuple[bytes, str] | None:
-    """(key, statement text as classify() would cut it), or None when the scanner refuses the SQL."""
+def _shape(sql: str) -> tuple[str, str] | None:
+    """(key, statement text as classify() would cut it), or None when the scanner refuses the SQL.
+
+    pglast reports token positions in characters of ``sql``, not bytes: slicing the
+    UTF-8 bytes with them once let a comment of multi-byte characters shift every
+    token, so that a DELETE shared its key with a SELECT.
+    """
     if "\x00" in sql:
         return None
     try:
         tokens = parser.scan(sql)
     except Exception:  # noqa: BLE001 - whatever the scanner dislikes, classify() decides about
         return None
-    data = sql.encode("utf-8")  # the scanner reports byte offsets, inclusive at the end
     parts = []
     first = last = None
     for token in tokens:  # one pass: this runs for every statement on the data path
@@ -257,16 +258,16 @@ def _shape(sql: str) -> tuple[bytes, str] | None:
             continue  # comments are tokens of the scanner but whitespace to the grammar
         if name in _UNICODE_ESCAPES:
             return None  # UESCAPE 'c' is a literal that changes how a U&"…" identifier reads
-        literal = _LITERAL_TOKENS.get(name)
-        parts.append(data[token.start:token.end + 1] if literal is None else literal)
+        # Each token as its type and, unless it is a literal, its exact text.
+        parts.append(name if name in _LITERAL_TOKENS else f"{name}\x01{sql[token.start:token.end + 1]}")
         if first is None:
             first = token
         last = token
     if first is None or last is None:
         return None
-    end = last.start if last.name == "ASCII_59" else len(data)  # 59 is ';'; classify() cuts before it
-    # NUL never occurs in the SQL (refused above), so it separates tokens unambiguously.
-    return b"\x00".join(parts), data[first.start:end].decode("utf-8", "replace").strip()
+    end = last.start if last.name == "ASCII_59" else len(sql)  # 59 is ';'; classify() cuts before it
+    # NUL never occurs in the SQL (refused above) nor in a token type, so it separates tokens unambiguously.
+    return "\x00".join(parts), sql[first.start:end].strip()
 
 
 def has_parameters(sql: str) -> bool:

@@ -13,6 +13,7 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pglast import parser
 from test_sql_guardrails import ALLOWED, DENIED, REVIEWED
 
 from policies.sql import ShapeCache, SqlError, classify
@@ -122,3 +123,67 @@ def test_any_order_of_literal_variants_classifies_like_a_fresh_parse(template: s
     for i, s in variants:
         sql = template.format(i=i, s=s)
         assert cached(cache, sql) == fresh(sql)
+
+
+# ---- multi-byte text: the scanner counts characters, not bytes --------------------------------------
+
+OPERAND_LITERALS = {"SCONST": "'{}'", "ICONST": "1", "FCONST": "1.5", "BCONST": "B'1'", "XCONST": "X'1'"}
+
+
+def mirror(sql: str) -> tuple[str, str]:
+    """(A, B): ``sql`` as B, and a SELECT A whose tokens have B's lengths, both after a comment of '€'.
+
+    When token positions were taken for byte offsets, every token of such a pair
+    was read from inside the comment, and A and B shared one key: a cache warmed
+    with the harmless A handed B A's classification.
+    """
+    tokens = [t for t in parser.scan(sql) if t.name not in ("C_COMMENT", "SQL_COMMENT")]
+    words = [(t.name, sql[t.start:t.end + 1]) for t in tokens]
+    if len(words[0][1]) != len("SELECT"):
+        return mirror("SELECT 1; " + sql)
+    a = ["SELECT"]
+    for i, (name, text) in enumerate(words[1:], 1):
+        if name == "SCONST":
+            a.append("'" + "x" * max(len(text) - 2, 0) + "'")
+        elif name in OPERAND_LITERALS:
+            a.append(OPERAND_LITERALS[name])
+        else:
+            a.append(("z" if i == len(words) - 1 else "@") * len(text))  # an operand last, operators before
+    b = " ".join(text for _, text in words)
+    pad = "/*" + "€" * (len(b) + 20) + "*/ "
+    return pad + " ".join(a), pad + b
+
+
+def _scannable(sql: str) -> bool:
+    """True when the scanner reads all of ``sql`` into tokens (it stops at a NUL, which classify() refuses)."""
+    if "\x00" in sql:
+        return False
+    try:
+        return any(t.name not in ("C_COMMENT", "SQL_COMMENT") for t in parser.scan(sql))
+    except Exception:  # the scanner refuses it: nothing to mirror (a fresh parse denies it)
+        return False
+
+
+MIRRORED = [sql for sql in CORPUS if _scannable(sql)]
+
+
+@pytest.mark.parametrize("sql", MIRRORED, ids=[s[:60] for s in MIRRORED])
+def test_a_cache_warmed_with_a_look_alike_still_classifies_like_a_fresh_parse(sql: str) -> None:
+    a, b = mirror(sql)
+    cache = ShapeCache()
+    cached(cache, a)
+    assert cached(cache, b) == fresh(b)
+
+
+@pytest.mark.parametrize("sql", CORPUS, ids=[s[:60] for s in CORPUS])
+def test_non_ascii_text_around_the_literals_classifies_like_a_fresh_parse(sql: str) -> None:
+    cache = ShapeCache()
+    noted = "/* über straße ünïcödé */ " + sql
+    cached(cache, other_literals(noted).replace("'z", "'é"))
+    assert cached(cache, noted) == fresh(noted)
+
+
+def test_statement_texts_are_cut_by_characters() -> None:
+    assert [s.text for s in classify("SELECT 'ééé'; DELETE FROM t")] == ["SELECT 'ééé'", "DELETE FROM t"]
+    [statement] = ShapeCache().classify("SELECT 'Zoë' AS naïve;")
+    assert statement.text == "SELECT 'Zoë' AS naïve"

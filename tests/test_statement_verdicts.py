@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from test_sql_guardrails import ALLOWED, DENIED, REVIEWED
-from test_sql_shapes import other_literals
+from test_sql_shapes import _scannable, mirror, other_literals
 
 from bastion.approvals import Approvals
 from bastion.audit import AuditStore
@@ -70,6 +70,20 @@ def test_a_warm_inspector_decides_like_a_fresh_one(tmp_path: Path, sql: str) -> 
     for _ in range(2):  # the second time from what the first kept, when its shape allows that
         got = warm.check(sql)
         assert (got.effect, got.rule, got.reason) == (expected.effect, expected.rule, expected.reason)
+
+
+REFUSED = [(sql, StatementEffect.DENY) for sql, _ in DENIED if _scannable(sql)] + \
+    [(sql, StatementEffect.REVIEW) for sql, _ in REVIEWED if _scannable(sql)]
+
+
+@pytest.mark.parametrize(("sql", "effect"), REFUSED, ids=[s[:60] for s, _ in REFUSED])
+def test_a_harmless_look_alike_never_lends_its_verdict(tmp_path: Path, sql: str, effect: StatementEffect) -> None:
+    # A SELECT with the same token lengths, both behind a comment of multi-byte characters: when
+    # character positions were read as byte offsets, the two shared a shape and the refusal became an allow.
+    look_alike, refused = mirror(sql)
+    judge = inspector(tmp_path)
+    judge.check(look_alike)
+    assert judge.check(refused).effect is effect
 
 
 def test_repeated_shapes_are_judged_once(tmp_path: Path) -> None:
