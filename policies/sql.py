@@ -74,9 +74,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from pglast import ast, parser
+from pglast import ast, enums, parser
 
-from .sql_walk import DANGEROUS_FUNCTIONS, Facts, is_dangerous, node_kinds, walk
+from .sql_walk import DANGEROUS_FUNCTIONS, STRING_SYNTAX_SETTINGS, Facts, is_dangerous, node_kinds, walk
 
 __all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "ShapeCache", "SqlError", "Statement", "classify",
            "has_parameters", "is_dangerous", "resolve_execute"]
@@ -98,9 +98,7 @@ READ_ONLY_KINDS: frozenset[str] = frozenset({
 })
 
 
-# Settings that change how the server tokenises string literals. The classifier assumes their defaults, so
-# they are fixed for a session: changing one is refused, and the proxy ends a session that sees one change.
-STRING_SYNTAX_SETTINGS: frozenset[str] = frozenset({"standard_conforming_strings"})
+_UTF8_NAMES = frozenset({"utf8", "unicode"})  # how PostgreSQL spells UTF-8, once it drops case and punctuation
 
 
 class SqlError(Exception):
@@ -164,7 +162,7 @@ def classify(sql: str) -> list[Statement]:
         raise SqlError(f"cannot parse: {type(e).__name__}") from e
     statements = []
     for item in raw:
-        if isinstance(item.stmt, ast.VariableSetStmt) and (item.stmt.name or "").lower() in STRING_SYNTAX_SETTINGS:
+        if isinstance(item.stmt, ast.VariableSetStmt) and changes_string_syntax(item.stmt):
             # This parser reads quotes and backslashes as the setting is now; changed, the server would not.
             raise SqlError(f"{item.stmt.name} may not be changed through the bastion: its guardrails must read "
                            "string literals exactly as the server does")
@@ -172,8 +170,31 @@ def classify(sql: str) -> list[Statement]:
         end = start + item.stmt_len if item.stmt_len else len(sql)
         text = sql[start:end].strip()
         kind = next(iter(node_kinds(item.stmt)), "other")
-        statements.append(_statement(text, kind, walk(item.stmt)))
+        facts = walk(item.stmt)
+        if facts.string_syntax:
+            raise SqlError("set_config() may not change client_encoding or standard_conforming_strings through "
+                           "the bastion, nor a setting it cannot name in advance")
+        statements.append(_statement(text, kind, facts))
     return statements
+
+
+def changes_string_syntax(stmt: ast.VariableSetStmt) -> bool:
+    """True when a SET or RESET would make the server read SQL text otherwise than this module does.
+
+    ``client_encoding`` may still be set to UTF-8 (drivers do), or reset to the
+    session's default, which the proxy sets to UTF-8 at login.
+    """
+    name = (stmt.name or "").lower()
+    if name not in STRING_SYNTAX_SETTINGS:
+        return False
+    if name != "client_encoding":
+        return True
+    if stmt.kind in (enums.VariableSetKind.VAR_SET_DEFAULT, enums.VariableSetKind.VAR_RESET):
+        return False
+    values = [a.val for a in stmt.args or () if isinstance(a, ast.A_Const)]
+    if len(values) != 1 or len(stmt.args or ()) != 1 or not isinstance(values[0], ast.String):
+        return True
+    return "".join(c for c in (values[0].sval or "").lower() if c.isalnum()) not in _UTF8_NAMES
 
 
 # Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.

@@ -36,7 +36,16 @@ DANGEROUS_FUNCTIONS = frozenset({
     "pg_logical_slot_get_changes", "pg_logical_slot_get_binary_changes", "pg_logical_slot_peek_changes",
     "pg_logical_slot_peek_binary_changes", "pg_logical_emit_message", "pg_replication_slot_advance",
     "query_to_xml", "query_to_xml_and_xmlschema", "query_to_xmlschema", "cursor_to_xml", "ts_stat",
+    # These read whole relations named in string literals, out of the walk's (and table rules') sight.
+    "table_to_xml", "table_to_xml_and_xmlschema", "table_to_xmlschema", "schema_to_xml",
+    "schema_to_xml_and_xmlschema", "schema_to_xmlschema", "database_to_xml", "database_to_xml_and_xmlschema",
+    "database_to_xmlschema", "cursor_to_xmlschema",
 })
+# Settings that change how the server splits SQL text into tokens: the encoding its bytes are read in, and
+# whether backslashes escape in '...' strings. The classifier reads SQL as UTF-8 with the defaults, so these
+# are fixed for a session (policies.sql refuses changing them; the proxy ends a session that sees one change).
+STRING_SYNTAX_SETTINGS = frozenset({"standard_conforming_strings", "client_encoding"})
+
 DANGEROUS_PREFIXES = ("dblink", "pg_replication_origin_", "binary_upgrade_")
 
 # Functions that write although they are called from a SELECT: the statement is then not read-only.
@@ -128,6 +137,7 @@ class Facts:
     prepared: tuple[str, str, Facts] | None = None  # PREPARE: name, the body's kind, what the body does
     deallocates: set[str] = field(default_factory=set)
     deallocates_all: bool = False
+    string_syntax: bool = False  # set_config() of a setting that changes how literals read, or of one unknown
 
     def add(self, kinds: tuple[str, ...], plain: bool) -> None:
         """Record kinds found at a node; under a plain EXPLAIN they do not run."""
@@ -244,6 +254,11 @@ def _note(node: ast.Node, kinds: tuple[str, ...], facts: Facts, plain: bool) -> 
         facts.functions.add(name)
         if is_dangerous(name):
             facts.add(("dangerous_function",), plain)
+        if name.rsplit(".", 1)[-1] == "set_config":
+            setting = node.args[0] if node.args else None
+            named = setting.val.sval if isinstance(setting, ast.A_Const) and isinstance(setting.val, ast.String) \
+                else None
+            facts.string_syntax |= named is None or named.lower() in STRING_SYNTAX_SETTINGS
         elif name.rsplit(".", 1)[-1] in WRITING_FUNCTIONS and not plain:
             facts.writing_function = True
     elif isinstance(node, ast.ExecuteStmt):

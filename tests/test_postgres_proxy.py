@@ -528,6 +528,18 @@ def test_a_session_whose_strings_would_be_misread_is_ended(proxy: Proxy) -> None
         assert c.closed or c.broken
 
 
+def test_a_session_whose_encoding_is_switched_is_ended_before_it_misreads(proxy: Proxy) -> None:
+    # This inspector lets set_config through (the real one refuses it). In SJIS the next statement's
+    # bytes could hide a DELETE inside what reads as a UTF-8 string, so the proxy ends the session as soon
+    # as the target reports the new client_encoding.
+    with proxy.connect() as c:
+        with pytest.raises(psycopg.Error, match="client_encoding"):
+            c.execute("SELECT set_config('client_encoding', 'SJIS', false)")
+        assert c.closed or c.broken
+    with proxy.connect() as c:
+        assert c.execute("SELECT current_setting('client_encoding')").fetchone() == ("UTF8",)
+
+
 def test_a_target_that_misreads_strings_from_the_start_is_refused(proxy_loop: ProxyLoop, pg_server: PgServer,
                                                                    target: Upstream) -> None:
     pg_server.create_role("oldstrings", APP_PASSWORD)

@@ -454,3 +454,43 @@ def test_the_string_syntax_setting_cannot_be_changed(sql: str) -> None:
     with pytest.raises(SqlError, match="standard_conforming_strings may not be changed"):
         classify(sql)
     assert decide_sql((*POLICY, Guardrail(ALLOW, ("set", "other"), name="lenient")), sql).effect is DENY
+
+
+@pytest.mark.parametrize("sql", [
+    "SET client_encoding = 'SJIS'", "SET NAMES 'sjis'", "set local client_encoding to 'LATIN1'",
+    "SET client_encoding = 6", "SELECT 1; SET client_encoding = 'BIG5'",
+])
+def test_the_encoding_cannot_be_changed_from_utf8(sql: str) -> None:
+    # In SJIS, 0x95 0x5C is one character: "E'\x95\\'; DELETE …" would end its string where this parser
+    # (reading UTF-8) sees none, and the DELETE would run unseen. Fail closed, whatever the policy.
+    with pytest.raises(SqlError, match="client_encoding may not be changed"):
+        classify(sql)
+    assert decide_sql((*POLICY, Guardrail(ALLOW, ("set", "other"), name="lenient")), sql).effect is DENY
+
+
+@pytest.mark.parametrize("sql", [
+    "SET client_encoding = 'UTF8'", "SET NAMES 'utf-8'", "SET client_encoding TO 'Unicode'",
+    "SET client_encoding TO DEFAULT", "RESET client_encoding",
+])
+def test_the_encoding_may_be_set_to_what_it_is(sql: str) -> None:
+    assert decide_sql((*POLICY, Guardrail(ALLOW, ("set", "reset"), name="sessions")), sql).effect is ALLOW
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT set_config('client_encoding', 'SJIS', false)",
+    "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', true)",
+    "SELECT set_config(name, 'x', false) FROM settings",  # a setting named at run time could be either
+])
+def test_set_config_cannot_change_how_sql_reads_even_where_dangerous_functions_are_allowed(sql: str) -> None:
+    with pytest.raises(SqlError, match="set_config"):
+        classify(sql)
+    lenient = (Guardrail(ALLOW, ("select", "dangerous_function"), name="lenient"),)
+    assert decide_sql(lenient, sql).effect is DENY
+    assert decide_sql(lenient, "SELECT set_config('app.user', 'ada', true)").effect is ALLOW
+
+
+@pytest.mark.parametrize("function", ["table_to_xml", "schema_to_xml", "database_to_xml", "cursor_to_xmlschema"])
+def test_xml_exports_of_whole_relations_are_dangerous(function: str) -> None:
+    # They read the relation named in a string, which table rules cannot see.
+    [statement] = classify(f"SELECT {function}('customers', true, false, '')")
+    assert "dangerous_function" in statement.kinds

@@ -323,8 +323,6 @@ class ResultRelay:
                 refuse_string_syntax(self.conn_label, name, value)
             except ProxyError as e:
                 raise NotAllowed(str(e)) from e  # statements after this point would be misread: end the session
-            if name == "client_encoding" and value.upper() not in ("UTF8", "UTF-8", "UNICODE"):
-                self.log.warning("client_encoding is now %s: maskers expect UTF-8", value)
             return None
         if typ in (w.PARAM_DESCRIPTION, w.COPY_IN, w.FUNCTION_RESULT):
             return None

@@ -198,10 +198,14 @@ def _authenticate(conn: UpstreamConnection, upstream: Upstream, code: int, body:
 
 
 def refuse_string_syntax(label: str, name: str, value: str) -> None:
-    """Fail closed when the target reads string literals otherwise than the guardrails' parser does."""
+    """Fail closed when the target reads SQL text otherwise than the guardrails' parser does (UTF-8, standard)."""
     if name == "standard_conforming_strings" and value.lower() != "on":
         raise UpstreamError(f"target {label} runs with standard_conforming_strings = {value}: the bastion could "
                             "not read its SQL as the server does, so it does not serve it; ask an admin to set it on")
+    if name == "client_encoding" and "".join(c for c in value.lower() if c.isalnum()) not in ("utf8", "unicode"):
+        # The guardrails read every statement as UTF-8; in another encoding the server may split it otherwise.
+        raise UpstreamError(f"target {label} switched client_encoding to {value}: the bastion reads SQL as UTF-8 "
+                            "only, so the session is closed")
 
 
 def _login_refused(upstream: Upstream, fields: dict[str, str]) -> UpstreamError:
