@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from bastion.proxies.links import Link, TcpLink
+from bastion.proxies.links import HANDSHAKE_BUFFER, Link, TcpLink
 
 
 def run(test: Callable[[TcpLink, socket.socket], Awaitable[None]]) -> None:
@@ -126,3 +126,23 @@ def test_a_lost_connection_releases_writers_and_ends_readers() -> None:
 
     asyncio.run(main())
 
+
+
+def test_a_peer_that_sends_ahead_of_the_handshake_is_held_back() -> None:
+    # Nothing reads the link (a target slow to log in, say) while the peer floods it: the link stops
+    # reading at its handshake buffer, so memory stays bounded; reading resumes as the buffer is read.
+    async def test(link: TcpLink, peer: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        flood = b"f" * (8 << 20)
+        sending = loop.create_task(loop.sock_sendall(peer, flood))
+        await settle()
+        assert not sending.done()  # the peer is blocked: the link no longer reads
+        assert HANDSHAKE_BUFFER <= len(link._buffer) < HANDSHAKE_BUFFER + (1 << 20)
+        received = 0
+        while received < len(flood):
+            received += len(await link.read(1 << 20))
+        await asyncio.wait_for(sending, 5)
+        big = await asyncio.gather(link.readexactly(3 << 20), send(peer, b"b" * (3 << 20)))
+        assert big[0] == b"b" * (3 << 20)  # one wanted message may exceed the buffer
+
+    run(test)

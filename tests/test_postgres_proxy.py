@@ -8,6 +8,7 @@ and the database are all real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -316,6 +317,33 @@ def test_a_client_that_reads_slowly_gets_every_row(proxy: Proxy) -> None:
             if ready == 1 and rows < 4000:  # 2 MB read slowly: more than the kernel's buffers hold
                 time.sleep(0.001)
     assert rows == 20000 and emails == {b"***"}
+
+
+def test_a_client_that_pipelines_refusals_and_never_reads_is_read_no_further(proxy: Proxy) -> None:
+    # Refusals are the proxy's own answers: while the client does not read them, the proxy must stop
+    # reading the client (else every refused Query would grow its memory), and go on when it reads.
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
+        buf = b""
+        while not buf.endswith(w.ready_for_query(b"I")):
+            buf += sock.recv(65536)
+        sock.settimeout(0.5)
+        refused = w.query("DELETE FROM kv") * 20000
+        with contextlib.suppress(TimeoutError):
+            for _ in range(200):
+                sock.sendall(refused)
+        inspector = proxy.inspectors[-1]
+        time.sleep(1)
+        seen = len(inspector.checked)
+        time.sleep(1)
+        assert len(inspector.checked) == seen < 200 * 20000  # held back, not still reading
+        sock.settimeout(10)
+        replies = 0
+        while len(inspector.checked) < seen + 1000:  # reading the refusals lets it carry on
+            replies += sock.recv(1 << 20).count(b"denied by test.no-delete")
+        assert replies > 1000
 
 
 # ---- cancel, and failures upstream ---------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import asyncssh
 
+HANDSHAKE_BUFFER = 1 << 20  # bytes a link holds unread before a diversion; beyond it, it stops reading
+
 
 class _Transport(Protocol):
     def write(self, data: bytes) -> None: ...
@@ -58,6 +60,8 @@ class Link:
         self._write_paused = False
         self._on_writable: list[Callable[[], None]] = []
         self._drainers: list[asyncio.Future[None]] = []
+        self._wanted = 0              # the length a readexactly() waits for: it may exceed HANDSHAKE_BUFFER
+        self._held_back = False       # reading paused because the handshake buffer is full
 
     # -- the handshake: stream-like ----------------------------------------------------------
 
@@ -70,21 +74,34 @@ class Link:
         size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
         data = bytes(self._buffer[:size])
         del self._buffer[:size]
+        self._read_on()
         return data
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; asyncio.IncompleteReadError if the stream ends first."""
-        while len(self._buffer) < n:
-            if self._ended:
-                if self._error is not None:
-                    raise self._error
-                partial = bytes(self._buffer)
-                self._buffer.clear()
-                raise asyncio.IncompleteReadError(partial, n)
-            await self._wait()
+        self._wanted = n
+        try:
+            while len(self._buffer) < n:
+                if self._ended:
+                    if self._error is not None:
+                        raise self._error
+                    partial = bytes(self._buffer)
+                    self._buffer.clear()
+                    raise asyncio.IncompleteReadError(partial, n)
+                self._read_on()
+                await self._wait()
+        finally:
+            self._wanted = 0
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
+        self._read_on()
         return data
+
+    def _read_on(self) -> None:
+        """Read again once the handshake buffer has room (or a wanted message needs more than it holds)."""
+        if self._held_back and len(self._buffer) < max(HANDSHAKE_BUFFER, self._wanted):
+            self._held_back = False
+            self.resume_reading()
 
     async def _wait(self) -> None:
         assert self._waiter is None, "one reader at a time"
@@ -142,6 +159,9 @@ class Link:
     def divert(self, consumer: Consumer, on_end: Ended) -> None:
         """From now on, hand each chunk to ``consumer``, starting with what is already buffered."""
         self._consumer, self._on_end = consumer, on_end
+        if self._held_back:  # from now on the consumer's flow control decides
+            self._held_back = False
+            self.resume_reading()
         if self._buffer:
             data = bytes(self._buffer)
             self._buffer.clear()
@@ -172,6 +192,9 @@ class Link:
             self._consumer(data)
         else:
             self._buffer += data
+            if not self._held_back and len(self._buffer) >= max(HANDSHAKE_BUFFER, self._wanted):
+                self._held_back = True  # a peer that sends ahead of the handshake waits: memory stays bounded
+                self.pause_reading()
             self._wake()
 
     def _eof(self) -> None:

@@ -193,7 +193,7 @@ class ResultRelay:
                 seg = end
         write_chunk(client, buf, out, seg, rest)
         self._target_buf.keep(buf, rest)
-        if client.write_paused:  # the client takes no more for now: so neither do we from the target
+        if client.write_paused and "client" not in self._holds:  # the client takes no more: nor do we
             self._hold_target("client")
             client.when_writable(lambda: self._release_target("client"))
 

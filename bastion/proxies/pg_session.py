@@ -10,6 +10,7 @@ own refusals in their turn, and writes one audit event per statement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -53,6 +54,7 @@ class PgSession(ResultRelay):
         self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
         self.terminated = False
         self._client_buf = Gather()
+        self._client_holds: set[str] = set()  # why the client's reading is paused: "target" or "client" full
 
     async def run(self) -> None:
         """Relay both ways until either side closes; raise what ended it abnormally."""
@@ -120,9 +122,22 @@ class PgSession(ResultRelay):
             self.finish()
             return
         self._client_buf.keep(buf, rest)
-        if up.write_paused:  # the target takes no more for now: so neither do we from the client
+        # Stop reading the client while the target takes no more, or while the client itself does not
+        # read what we answer (refusals are ours: a client that pipelines them must not fill our memory).
+        for side, link in (("target", up), ("client", self.client)):
+            if link.write_paused and side not in self._client_holds:
+                self._hold_client(side)
+                link.when_writable(functools.partial(self._release_client, side))
+
+    def _hold_client(self, why: str) -> None:
+        if not self._client_holds:
             self.client.pause_reading()
-            up.when_writable(self.client.resume_reading)
+        self._client_holds.add(why)
+
+    def _release_client(self, why: str) -> None:
+        self._client_holds.discard(why)
+        if not self._client_holds:
+            self.client.resume_reading()
 
     def _client_message(self, typ: int, body: bytes) -> bytes | None:
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
