@@ -295,7 +295,7 @@ class SqlAccess:
             runtime.store.append("session.cut", user=self.identity.user, source=self.source, target=self.target.name,
                                  session=self.session, outcome="ended", reason=why)
             transcript.marker(f"forward ending: {why}")
-            client.close()
+            client.abort()  # at once: a client that stopped reading must not keep the session (and its locks)
 
         release = runtime.hold_grant(self.grant, end) if self.grant is not None else None
         try:

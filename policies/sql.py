@@ -99,6 +99,8 @@ READ_ONLY_KINDS: frozenset[str] = frozenset({
 
 
 _UTF8_NAMES = frozenset({"utf8", "unicode"})  # how PostgreSQL spells UTF-8, once it drops case and punctuation
+_ON = frozenset({"on", "true", "yes", "1", "t", "y"})  # how SQL says a boolean is on, as the proxy pins it
+_WRITES = frozenset({"insert", "update", "delete", "merge"})
 
 
 class SqlError(Exception):
@@ -171,9 +173,12 @@ def classify(sql: str) -> list[Statement]:
         text = sql[start:end].strip()
         kind = next(iter(node_kinds(item.stmt)), "other")
         facts = walk(item.stmt)
-        if facts.string_syntax:
-            raise SqlError("set_config() may not change client_encoding or standard_conforming_strings through "
-                           "the bastion, nor a setting it cannot name in advance")
+        if facts.string_syntax or any(table.rsplit(".", 1)[-1] == "pg_settings" and kind in _WRITES
+                                      for kind, table in facts.targets):
+            # pg_settings' update rule calls set_config(): a write to it is a SET of any setting.
+            raise SqlError("settings may not be changed through set_config() or pg_settings here when they could "
+                           "be client_encoding or standard_conforming_strings: the guardrails must read SQL "
+                           "exactly as the server does; use SET")
         statements.append(_statement(text, kind, facts))
     return statements
 
@@ -181,20 +186,26 @@ def classify(sql: str) -> list[Statement]:
 def changes_string_syntax(stmt: ast.VariableSetStmt) -> bool:
     """True when a SET or RESET would make the server read SQL text otherwise than this module does.
 
-    ``client_encoding`` may still be set to UTF-8 (drivers do), or reset to the
-    session's default, which the proxy sets to UTF-8 at login.
+    Setting one to what the proxy pins at login (``client_encoding`` UTF-8,
+    ``standard_conforming_strings`` on) is harmless, and drivers do it on
+    connect; so is a RESET or DEFAULT, which returns to the pinned value.
     """
     name = (stmt.name or "").lower()
     if name not in STRING_SYNTAX_SETTINGS:
         return False
-    if name != "client_encoding":
-        return True
     if stmt.kind in (enums.VariableSetKind.VAR_SET_DEFAULT, enums.VariableSetKind.VAR_RESET):
         return False
-    values = [a.val for a in stmt.args or () if isinstance(a, ast.A_Const)]
-    if len(values) != 1 or len(stmt.args or ()) != 1 or not isinstance(values[0], ast.String):
+    args = stmt.args or ()
+    value = args[0].val if len(args) == 1 and isinstance(args[0], ast.A_Const) else None
+    if isinstance(value, ast.String):
+        text = (value.sval or "").lower()
+    elif isinstance(value, ast.Integer):
+        text = str(value.ival)
+    else:
         return True
-    return "".join(c for c in (values[0].sval or "").lower() if c.isalnum()) not in _UTF8_NAMES
+    if name == "client_encoding":
+        return "".join(c for c in text if c.isalnum()) not in _UTF8_NAMES
+    return text not in _ON
 
 
 # Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.

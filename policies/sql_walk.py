@@ -335,4 +335,5 @@ def _merge(facts: Facts, body: Facts, plain: bool) -> None:
     facts.unfiltered |= body.unfiltered
     facts.functions |= body.functions
     facts.writing_function |= body.writing_function
+    facts.string_syntax |= body.string_syntax
     facts.executes |= body.executes

@@ -146,3 +146,18 @@ def test_a_peer_that_sends_ahead_of_the_handshake_is_held_back() -> None:
         assert big[0] == b"b" * (3 << 20)  # one wanted message may exceed the buffer
 
     run(test)
+
+
+def test_an_abort_ends_the_link_at_once_even_with_unsent_data() -> None:
+    # A cut (a grant's end) must not wait for a peer that stopped reading to take what is queued.
+    async def test(link: TcpLink, peer: socket.socket) -> None:
+        ends: list[BaseException | None] = []
+        link.divert(lambda data: None, ends.append)
+        while not link.write_paused:
+            link.write(b"x" * (1 << 20))
+            await asyncio.sleep(0)
+        link.abort()
+        assert len(ends) == 1 and isinstance(ends[0], ConnectionAbortedError)
+        assert link.is_closing()
+
+    run(test)

@@ -30,6 +30,7 @@ from bastion.devdb import PgServer, free_port
 from bastion.proxies import pg_handshake as hs
 from bastion.proxies import pgwire as w
 from bastion.proxies.base import Column, ProxyError, StatementEvent, StatementVerdict, Upstream
+from bastion.proxies.pg_upstream import open_link
 from bastion.proxies.postgres import serve_tcp
 from policies.model import StatementEffect
 
@@ -568,11 +569,43 @@ def test_a_session_whose_encoding_is_switched_is_ended_before_it_misreads(proxy:
         assert c.execute("SELECT current_setting('client_encoding')").fetchone() == ("UTF8",)
 
 
-def test_a_target_that_misreads_strings_from_the_start_is_refused(proxy_loop: ProxyLoop, pg_server: PgServer,
-                                                                   target: Upstream) -> None:
+def test_role_defaults_cannot_change_how_the_target_reads_sql(proxy_loop: ProxyLoop, pg_server: PgServer,
+                                                              target: Upstream) -> None:
+    # ALTER ROLE … SET passes the guardrails (it applies to later logins). The proxy pins both settings in
+    # every login's startup packet, which outranks role defaults: sessions, and the catalog lookups that
+    # masking by table needs, still read SQL as UTF-8 with standard strings.
     pg_server.create_role("oldstrings", APP_PASSWORD)
+    pg_server.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO oldstrings", db="appdb")
     pg_server.psql("ALTER ROLE oldstrings SET standard_conforming_strings = off")
+    pg_server.psql("ALTER ROLE oldstrings SET client_encoding = 'LATIN1'")
     old = start_proxy(proxy_loop, Upstream(target.host, target.port, "oldstrings", APP_PASSWORD, "appdb",
                                            name="pg-old"))
-    with pytest.raises(psycopg.OperationalError, match="standard_conforming_strings = off"):
-        old.connect()
+    with old.connect() as c:
+        assert c.execute("SELECT current_setting('standard_conforming_strings'), "
+                         "current_setting('client_encoding')").fetchone() == ("on", "UTF8")
+        assert c.execute("SELECT name, ssn FROM customers WHERE id = 1").fetchone() == ("Ada", "***")
+        c.execute("RESET ALL")
+        assert c.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
+    assert any(("public.customers", "ssn", 25) in seen for seen in old.inspectors[-1].columns_seen)  # by table
+
+
+def test_bytes_before_the_tls_handshake_are_refused() -> None:
+    # Like libpq's CVE-2021-23222: something in the way answers the SSLRequest with 'S' and, in the same
+    # breath, a message of its own, which would otherwise be read as if TLS had protected it.
+    async def main() -> str:
+        async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readexactly(8)
+            writer.write(b"S" + w.error_response("28000", "log in again at https://evil.example/"))
+            await writer.drain()
+            await asyncio.sleep(5)
+
+        server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ProxyError) as err:
+                await open_link(Upstream("127.0.0.1", port, "app", "pw", "db", tls="require", name="pg-tls"))
+            return str(err.value)
+        finally:
+            server.close()
+
+    assert "sent data before the TLS handshake" in asyncio.run(main())

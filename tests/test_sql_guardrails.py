@@ -446,7 +446,7 @@ def test_opaque_kinds_are_kinds() -> None:
 
 @pytest.mark.parametrize("sql", [
     "SET standard_conforming_strings = off", "set local standard_conforming_strings to off",
-    "SET SESSION standard_conforming_strings TO DEFAULT", "RESET standard_conforming_strings",
+    "SET standard_conforming_strings = 0", "SET standard_conforming_strings = 'false'",
     "SELECT 1; SET standard_conforming_strings = off",
 ])
 def test_the_string_syntax_setting_cannot_be_changed(sql: str) -> None:
@@ -471,8 +471,11 @@ def test_the_encoding_cannot_be_changed_from_utf8(sql: str) -> None:
 @pytest.mark.parametrize("sql", [
     "SET client_encoding = 'UTF8'", "SET NAMES 'utf-8'", "SET client_encoding TO 'Unicode'",
     "SET client_encoding TO DEFAULT", "RESET client_encoding",
+    # Rails and Sequel send this on connect; DEFAULT and RESET return to the "on" the proxy pins at login.
+    "SET standard_conforming_strings = on", "SET standard_conforming_strings TO true",
+    "SET SESSION standard_conforming_strings TO DEFAULT", "RESET standard_conforming_strings",
 ])
-def test_the_encoding_may_be_set_to_what_it_is(sql: str) -> None:
+def test_the_string_syntax_may_be_set_to_what_the_proxy_pins(sql: str) -> None:
     assert decide_sql((*POLICY, Guardrail(ALLOW, ("set", "reset"), name="sessions")), sql).effect is ALLOW
 
 
@@ -480,11 +483,17 @@ def test_the_encoding_may_be_set_to_what_it_is(sql: str) -> None:
     "SELECT set_config('client_encoding', 'SJIS', false)",
     "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', true)",
     "SELECT set_config(name, 'x', false) FROM settings",  # a setting named at run time could be either
+    "PREPARE p AS SELECT set_config('client_encoding', 'SJIS', false)",  # run later by EXECUTE p
+    # pg_settings' update rule calls set_config(): every write to it is one.
+    "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+    "UPDATE pg_catalog.pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'",
+    "WITH s AS (UPDATE pg_settings SET setting = 'x' WHERE name = 'work_mem' RETURNING 1) SELECT * FROM s",
+    "PREPARE q AS UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
 ])
 def test_set_config_cannot_change_how_sql_reads_even_where_dangerous_functions_are_allowed(sql: str) -> None:
     with pytest.raises(SqlError, match="set_config"):
         classify(sql)
-    lenient = (Guardrail(ALLOW, ("select", "dangerous_function"), name="lenient"),)
+    lenient = (Guardrail(ALLOW, ("select", "update", "prepare", "dangerous_function"), name="lenient"),)
     assert decide_sql(lenient, sql).effect is DENY
     assert decide_sql(lenient, "SELECT set_config('app.user', 'ada', true)").effect is ALLOW
 

@@ -37,6 +37,7 @@ class _Transport(Protocol):
     def is_closing(self) -> bool: ...
     def pause_reading(self) -> None: ...
     def resume_reading(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 Consumer = Callable[[bytes], None]
@@ -148,8 +149,20 @@ class Link:
             callback()
 
     def close(self) -> None:
+        """Close once what is written has been sent."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping what the peer has not taken, and end here at once: a peer must not delay a cut."""
+        if self._transport is not None:
+            self._transport.abort()
+        self._lost(ConnectionAbortedError("the connection was cut"))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet (before a diversion)."""
+        return len(self._buffer)
 
     def is_closing(self) -> bool:
         return self._transport is None or self._transport.is_closing()

@@ -23,6 +23,7 @@ from .links import TcpLink, open_tcp
 
 SCRAM = "SCRAM-SHA-256"
 UPSTREAM_MAX_MESSAGE = 1 << 30        # PostgreSQL's own limit on one value; the target is not the adversary
+LOOKUP_TIMEOUT = 10.0                 # seconds a result's table names may take to look up
 
 
 class UpstreamError(ProxyError):
@@ -93,6 +94,8 @@ async def open_link(upstream: Upstream) -> TcpLink:
         answer = await link.readexactly(1)
         if answer != b"S":
             raise UpstreamError(f"{where}: it does not accept TLS, and tls is {upstream.tls}")
+        if link.buffered:  # bytes sent before the handshake would pass as if TLS had protected them
+            raise UpstreamError(f"{where}: it sent data before the TLS handshake; something is in the way")
         await link.start_tls(_ssl_context(upstream), server_hostname=upstream.host)
     except ssl.SSLError as e:
         link.close()
@@ -140,7 +143,10 @@ async def login(upstream: Upstream, params: dict[str, str], *, timeout: float = 
 
 
 async def _startup(conn: UpstreamConnection, upstream: Upstream, params: dict[str, str]) -> None:
-    startup = {"user": upstream.user, **({"database": upstream.database} if upstream.database else {}), **params}
+    # Pinned here, for every login (sessions and catalog lookups): a value from the startup packet outranks a
+    # role's, a database's and the server's defaults, and RESET returns to it. The guardrails read SQL this way.
+    startup = {"user": upstream.user, **({"database": upstream.database} if upstream.database else {}), **params,
+               "client_encoding": "UTF8", "standard_conforming_strings": "on"}
     conn.link.write(hs.startup_message(startup))
     scram: ScramClient | None = None
     while True:
@@ -259,7 +265,7 @@ class TableNames:
             if missing and not self._broken:
                 try:
                     await self._lookup(missing)
-                except (ProxyError, OSError, asyncio.IncompleteReadError) as e:
+                except (ProxyError, OSError, asyncio.IncompleteReadError, TimeoutError) as e:
                     self._broken = True
                     self._log.warning("table-name lookups unavailable for this session (%s); "
                                       "masking falls back to column names", e)
@@ -268,6 +274,10 @@ class TableNames:
             return {o: self._cache[o] for o in oids}
 
     async def _lookup(self, oids: list[int]) -> None:
+        async with asyncio.timeout(LOOKUP_TIMEOUT):  # the session's target waits meanwhile: never for good
+            await self._query(oids)
+
+    async def _query(self, oids: list[int]) -> None:
         if self._conn is None:
             self._conn = await login(self._upstream, {"application_name": "bastion catalog"})
         conn = self._conn
