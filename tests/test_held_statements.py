@@ -7,7 +7,11 @@ tests/e2e/test_approvals.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,24 +134,33 @@ def test_without_approvals_review_is_refused_without_a_request(tmp_path: Path) -
     assert "approvals are not available" in verdict.reason
 
 
-def test_nothing_runs_while_the_audit_trail_cannot_be_written(world) -> None:  # type: ignore[no-untyped-def]
-    import asyncio
-    import sqlite3
+@contextlib.contextmanager
+def audit_trail_down(store: AuditStore) -> Iterator[None]:
+    """Inside: a batch is queued and cannot be written (another writer holds the database); after: written.
 
+    Needs a running event loop, as the data path has: deferred events then wait for their batch.
+    """
+    store.defer("sql.statement", sql="SELECT 1")
+    store._conn.execute("PRAGMA busy_timeout = 50")
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Exception, match="cannot write"):
+            store.flush()
+        yield
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    store.flush()
+
+
+def test_nothing_runs_while_the_audit_trail_cannot_be_written(world) -> None:  # type: ignore[no-untyped-def]
     inspector, _, store, _ = world
 
     async def main() -> None:
-        store.defer("sql.statement", sql="SELECT 1")
-        store._conn.execute("PRAGMA busy_timeout = 50")
-        blocker = sqlite3.connect(store.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        with pytest.raises(Exception, match="cannot write"):
-            store.flush()
-        refused = inspector.check("SELECT 1")
-        assert refused.effect is StatementEffect.DENY and "audit trail cannot be written" in refused.reason
-        blocker.execute("ROLLBACK")
-        blocker.close()
-        store.flush()
+        with audit_trail_down(store):
+            refused = inspector.check("SELECT 1")
+            assert refused.effect is StatementEffect.DENY and "audit trail cannot be written" in refused.reason
         assert inspector.check("SELECT 1").allowed
 
     asyncio.run(main())

@@ -115,7 +115,7 @@ def test_a_lost_connection_releases_writers_and_ends_readers() -> None:
         link = Link()
         ends: list[BaseException | None] = []
         link.divert(lambda data: None, ends.append)
-        link._pause_writing()
+        link.pause_writing()
         waiting = asyncio.get_running_loop().create_task(link.drain())
         await asyncio.sleep(0)
         link._lost(RuntimeError("channel closed"))  # as asyncssh reports a lost channel: not an OSError

@@ -11,11 +11,11 @@ audit trail that cannot be written.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import textwrap
 from pathlib import Path
 
 import pytest
+from test_held_statements import audit_trail_down
 from test_sql_guardrails import ALLOWED, DENIED, REVIEWED
 from test_sql_shapes import _scannable, mirror, other_literals
 
@@ -113,17 +113,9 @@ def test_a_kept_allow_does_not_outlive_a_failing_audit_trail(tmp_path: Path) -> 
 
     async def main() -> None:
         assert judge.check("SELECT * FROM orders WHERE id = 1").allowed
-        store.defer("sql.statement", sql="SELECT 1")
-        store._conn.execute("PRAGMA busy_timeout = 50")
-        blocker = sqlite3.connect(store.path, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")
-        with pytest.raises(Exception, match="cannot write"):
-            store.flush()
-        refused = judge.check("SELECT * FROM orders WHERE id = 2")
-        assert refused.effect is StatementEffect.DENY and "audit trail cannot be written" in refused.reason
-        blocker.execute("ROLLBACK")
-        blocker.close()
-        store.flush()
+        with audit_trail_down(store):
+            refused = judge.check("SELECT * FROM orders WHERE id = 2")
+            assert refused.effect is StatementEffect.DENY and "audit trail cannot be written" in refused.reason
         assert judge.check("SELECT * FROM orders WHERE id = 3").allowed
 
     asyncio.run(main())

@@ -210,8 +210,20 @@ class Link:
                 self.pause_reading()
             self._wake()
 
-    def _eof(self) -> None:
+    # Named as asyncio's Protocol and asyncssh's SSHTCPSession both call them.
+
+    def eof_received(self) -> bool:
         self._finish(None)
+        return False  # nothing is half-closed here: close our side too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._writable()
 
     def _lost(self, exc: BaseException | None) -> None:
         if exc is not None and not isinstance(exc, OSError):  # asyncssh's ConnectionLost, say: one kind for callers
@@ -236,9 +248,6 @@ class Link:
         on_end, self._on_end = self._on_end, None
         if on_end is not None:
             on_end(self._error)
-
-    def _pause_writing(self) -> None:
-        self._write_paused = True
 
     def _writable(self) -> None:
         self._write_paused = False
@@ -265,19 +274,6 @@ class TcpLink(Link, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._data(data)
-
-    def eof_received(self) -> bool:
-        self._eof()
-        return False  # nothing is half-closed here: close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
-
-    def pause_writing(self) -> None:
-        self._pause_writing()
-
-    def resume_writing(self) -> None:
-        self._writable()
 
     async def start_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
         """Upgrade the connection to TLS in place; later reads and writes are the decrypted stream."""
@@ -306,16 +302,3 @@ class ChannelLink(Link, asyncssh.SSHTCPSession):  # type: ignore[misc]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self._data(data)
-
-    def eof_received(self) -> bool:
-        self._eof()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
-
-    def pause_writing(self) -> None:
-        self._pause_writing()
-
-    def resume_writing(self) -> None:
-        self._writable()

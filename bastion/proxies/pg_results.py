@@ -98,6 +98,7 @@ class ResultRelay:
         self._held: list[bytes] = []   # the target's chunks waiting for that lookup
         self._holds: set[str] = set()  # why the target's reading is paused: "client" full, "shape" lookup
         self.target_consumer: Callable[[bytes], None] = self.target_data  # as the session guards it
+        self.done: asyncio.Future[None] | None = None  # set while the session runs; finish() resolves it
 
     def close(self) -> None:
         """Release what the session holds besides its two streams."""
@@ -237,8 +238,13 @@ class ResultRelay:
             self._learning = None
 
     def finish(self, error: BaseException | None = None) -> None:
-        """End the session (PgSession says how)."""
-        raise NotImplementedError
+        """End the session: normally, or with the error that ended it (the session's run() raises it)."""
+        done = self.done
+        if done is not None and not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
 
     async def _learn_shape(self, body: bytes) -> None:
         fields = w.parse_row_description(body)

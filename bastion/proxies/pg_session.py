@@ -58,28 +58,23 @@ class PgSession(ResultRelay):
 
     async def run(self) -> None:
         """Relay both ways until either side closes; raise what ended it abnormally."""
-        self.done = asyncio.get_running_loop().create_future()
+        self.done = done = asyncio.get_running_loop().create_future()
         self.target_consumer = self._guarded(self.target_data)
         self.client.divert(self._guarded(self._client_data), self._ended("client"))
         self.conn.link.divert(self.target_consumer, self._ended("target"))
         try:
-            await self.done
+            await done
         finally:
             self.client.stop()
             self.conn.link.stop()
             self.cancel_waits()
 
-    def finish(self, error: BaseException | None = None) -> None:
-        """End the session: normally, or with the error that ended it (raised by :meth:`run`)."""
-        if not self.done.done():
-            if error is None:
-                self.done.set_result(None)
-            else:
-                self.done.set_exception(error)
-
     def _guarded(self, relay: Callable[[bytes], None]) -> Callable[[bytes], None]:
+        done = self.done
+        assert done is not None, "guarded consumers are made when the session runs"
+
         def consume(data: bytes) -> None:
-            if self.done.done():
+            if done.done():
                 return
             try:
                 relay(data)
