@@ -161,3 +161,31 @@ def test_an_abort_ends_the_link_at_once_even_with_unsent_data() -> None:
         assert link.is_closing()
 
     run(test)
+
+
+def test_a_held_back_link_hands_over_its_buffer_before_what_its_transport_queued() -> None:
+    # asyncssh delivers what a channel queued while paused the moment reading resumes: a diversion must
+    # hand over its own, older buffer first.
+    class QueueingChannel:
+        def __init__(self, link: Link) -> None:
+            self.link, self.queued, self.paused = link, [b"newer"], False
+
+        def pause_reading(self) -> None:
+            self.paused = True
+
+        def resume_reading(self) -> None:
+            self.paused = False
+            while self.queued:
+                self.link._data(self.queued.pop(0))
+
+        def is_closing(self) -> bool:
+            return False
+
+    link = Link()
+    channel = QueueingChannel(link)
+    link._connected(channel)  # type: ignore[arg-type]
+    link._data(b"o" * HANDSHAKE_BUFFER)  # fills the handshake buffer: the link stops reading
+    assert channel.paused
+    got: list[bytes] = []
+    link.divert(got.append, lambda error: None)
+    assert got == [b"o" * HANDSHAKE_BUFFER, b"newer"] and not channel.paused

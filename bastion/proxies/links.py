@@ -63,6 +63,7 @@ class Link:
         self._drainers: list[asyncio.Future[None]] = []
         self._wanted = 0              # the length a readexactly() waits for: it may exceed HANDSHAKE_BUFFER
         self._held_back = False       # reading paused because the handshake buffer is full
+        self._paused = False          # reading paused, for whatever reason
 
     # -- the handshake: stream-like ----------------------------------------------------------
 
@@ -172,15 +173,17 @@ class Link:
     def divert(self, consumer: Consumer, on_end: Ended) -> None:
         """From now on, hand each chunk to ``consumer``, starting with what is already buffered."""
         self._consumer, self._on_end = consumer, on_end
-        if self._held_back:  # from now on the consumer's flow control decides
-            self._held_back = False
-            self.resume_reading()
+        held, self._held_back = self._held_back, False  # from now on the consumer's flow control decides
+        self._paused = False
         if self._buffer:
             data = bytes(self._buffer)
             self._buffer.clear()
             consumer(data)
         if self._ended:
             self._end()
+        elif held and not self._paused:
+            # Only now: asyncssh hands over what it queued the moment reading resumes, and that comes after.
+            self.resume_reading()
 
     def stop(self) -> None:
         """Deliver nothing more (the session that took the link is over)."""
@@ -188,10 +191,12 @@ class Link:
         self._on_end = None
 
     def pause_reading(self) -> None:
+        self._paused = True
         if self._transport is not None and not self._transport.is_closing():
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self._paused = False
         if self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
 
