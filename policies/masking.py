@@ -44,7 +44,7 @@ class MaskingError(ValueError):
 
 @dataclass(frozen=True)
 class Column:
-    """A result column: its table as the proxy resolved it ("schema.table" or "table", None when unknown) and name."""
+    """A result column: its table ("schema.table", "table", None for none, UNRESOLVED_TABLE when unknown) and name."""
 
     table: str | None
     name: str

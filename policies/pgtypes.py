@@ -45,6 +45,15 @@ ARRAY_ELEMENTS: Mapping[int, int] = {
 
 # -- column names ----------------------------------------------------------------------------
 
+UNRESOLVED_TABLE = "\x00unresolved"
+"""The table of a column from a table whose name the proxy could not look up (no real name holds a NUL).
+
+Unlike None (an expression: no table at all), it may be any table, so every
+glob that names the column, for whatever table, masks it: masking errs on the
+side of hiding when the catalog cannot be asked.
+"""
+
+
 @dataclass(frozen=True)
 class ColumnGlob:
     """One compiled column glob."""
@@ -55,7 +64,9 @@ class ColumnGlob:
     any_table: bool                    # the table part is only "*" (or absent): matches when the table is unknown
 
     def match(self, table: str | None, name: str) -> bool:
-        """True when the glob names this column of this table ("schema.table", "table" or None when unknown)."""
+        """True when the glob names this column of this table ("schema.table", "table", None for no table)."""
+        if table == UNRESOLVED_TABLE:
+            return self.column.fullmatch(name) is not None
         if self.qualified is None or table is None:
             return self.any_table and self.column.fullmatch(name) is not None
         candidates = [f"{table}.{name}"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from policies.detectors import BUILTINS, luhn_ok
 from policies.masking import BUILTIN_DETECTORS, REDACTED, Column, ColumnPlan, Masker, MaskingError
 from policies.model import MaskingRule
-from policies.pgtypes import mask_binary
+from policies.pgtypes import UNRESOLVED_TABLE, mask_binary
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -306,7 +306,11 @@ def test_custom_detectors() -> None:
     ("users.ssn", Column("public.users", "ssn"), True),
     ("Users.SSN", Column("users", "ssn"), True),
     ("users.ssn", Column("orders", "ssn"), False),
-    ("users.ssn", Column(None, "ssn"), False),           # table unknown: only "*" table parts match
+    ("users.ssn", Column(None, "ssn"), False),           # no table (an expression): only "*" table parts match
+    ("users.ssn", Column(UNRESOLVED_TABLE, "ssn"), True),  # a table not looked up may be users: mask
+    ("public.users.ssn", Column(UNRESOLVED_TABLE, "ssn"), True),
+    ("customers.*", Column(UNRESOLVED_TABLE, "x"), True),
+    ("users.ssn", Column(UNRESOLVED_TABLE, "name"), False),
     ("public.users.ssn", Column("public.users", "ssn"), True),
     ("public.users.ssn", Column("users", "ssn"), False),
     ("public.users.ssn", Column("audit.users", "ssn"), False),

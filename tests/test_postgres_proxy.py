@@ -32,7 +32,10 @@ from bastion.proxies import pgwire as w
 from bastion.proxies.base import Column, ProxyError, StatementEvent, StatementVerdict, Upstream
 from bastion.proxies.pg_upstream import open_link
 from bastion.proxies.postgres import serve_tcp
-from policies.model import StatementEffect
+from policies.masking import Column as MaskColumn
+from policies.masking import Masker
+from policies.model import MaskingRule, StatementEffect
+from policies.pgtypes import UNRESOLVED_TABLE
 
 if TYPE_CHECKING:
     from pg_fixtures import ProxyLoop
@@ -587,6 +590,24 @@ def test_role_defaults_cannot_change_how_the_target_reads_sql(proxy_loop: ProxyL
         c.execute("RESET ALL")
         assert c.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
     assert any(("public.customers", "ssn", 25) in seen for seen in old.inspectors[-1].columns_seen)  # by table
+
+
+def test_a_table_whose_name_cannot_be_looked_up_is_masked_as_any_table(proxy_loop: ProxyLoop, pg_server: PgServer,
+                                                                        target: Upstream) -> None:
+    # The lookup needs a connection of its own; this role may have only one, the session's. Its columns
+    # then come from an unresolved table, which every table-qualified rule for the column must cover.
+    pg_server.create_role("oneconn", APP_PASSWORD)
+    pg_server.psql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO oneconn", db="appdb")
+    pg_server.psql("ALTER ROLE oneconn CONNECTION LIMIT 1")
+    single = start_proxy(proxy_loop, Upstream(target.host, target.port, "oneconn", APP_PASSWORD, "appdb",
+                                              name="pg-one"))
+    with single.connect() as c:
+        c.execute("SELECT name, ssn FROM customers WHERE id = 1").fetchone()
+    [columns] = single.inspectors[-1].columns_seen
+    assert [(table, name) for table, name, _ in columns] == [(UNRESOLVED_TABLE, "name"), (UNRESOLVED_TABLE, "ssn")]
+    plan = Masker([MaskingRule("redact", columns=("customers.ssn",))], hash_key=b"k" * 32).plan(
+        [MaskColumn(table, name) for table, name, _ in columns])
+    assert (plan.strategy(0), plan.strategy(1)) == (None, "redact")
 
 
 def test_bytes_before_the_tls_handshake_are_refused() -> None:

@@ -13,6 +13,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from policies.pgtypes import UNRESOLVED_TABLE
+
 from . import pg_handshake as hs
 from . import pgwire as w
 from .base import Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
@@ -250,7 +252,9 @@ class ResultRelay:
         fields = w.parse_row_description(body)
         oids = {f.table_oid for f in fields if f.table_oid}
         names = (self.tables.cached(oids) or await self.tables.resolve(oids)) if oids else {}
-        columns = tuple((names.get(f.table_oid), f.name, f.type_oid) for f in fields)
+        # A table the lookup could not name may be any table: table-qualified masking rules must still apply.
+        columns = tuple((names.get(f.table_oid) or UNRESOLVED_TABLE if f.table_oid else None, f.name, f.type_oid)
+                        for f in fields)
         if len(self.shapes) >= MAX_SHAPES:
             self.shapes.clear()
         self.shapes[body] = Shape(fields, columns, self.inspector.masker_for(columns))

@@ -240,7 +240,9 @@ class TableNames:
 
     The client's connection is busy streaming results, so the lookup cannot
     share it. A table created in the client's still-open transaction is not
-    visible here; it resolves to None, and maskers fall back to column names.
+    visible here, and a lookup can fail: such a table resolves to None, and
+    the proxy marks its columns unresolved, which every masking rule that
+    names the column covers (:data:`policies.pgtypes.UNRESOLVED_TABLE`).
     """
 
     def __init__(self, upstream: Upstream, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
@@ -268,7 +270,7 @@ class TableNames:
                 except (ProxyError, OSError, asyncio.IncompleteReadError, TimeoutError) as e:
                     self._broken = True
                     self._log.warning("table-name lookups unavailable for this session (%s); "
-                                      "masking falls back to column names", e)
+                                      "every masking rule that names a column covers it", e)
             for o in missing:
                 self._cache.setdefault(o, None)
             return {o: self._cache[o] for o in oids}
