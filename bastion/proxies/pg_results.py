@@ -239,6 +239,9 @@ class ResultRelay:
             self._learning.cancel()
             self._learning = None
 
+    def batch_done(self) -> None:
+        """The target answered a batch with ReadyForQuery, or is ready for COPY data (the session relays on)."""
+
     def finish(self, error: BaseException | None = None) -> None:
         """End the session: normally, or with the error that ended it (the session's run() raises it)."""
         done = self.done
@@ -317,6 +320,7 @@ class ResultRelay:
         if typ == w.READY:
             self.result, self.copy_masking = None, False
             self._ready()
+            self.batch_done()
             return None
         if typ in _SIMPLE_ACKS:
             self._pop_expected(_SIMPLE_ACKS[typ])
@@ -334,7 +338,10 @@ class ResultRelay:
             except ProxyError as e:
                 raise NotAllowed(str(e)) from e  # statements after this point would be misread: end the session
             return None
-        if typ in (w.PARAM_DESCRIPTION, w.COPY_IN, w.FUNCTION_RESULT):
+        if typ == w.COPY_IN:
+            self.batch_done()  # the client's COPY data must flow before the batch can end
+            return None
+        if typ in (w.PARAM_DESCRIPTION, w.FUNCTION_RESULT):
             return None
         if typ == w.COPY_DATA:
             return self._mask_copy(body) if self.copy_masking else None

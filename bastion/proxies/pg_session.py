@@ -28,6 +28,7 @@ from .pg_upstream import UpstreamConnection
 
 SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
 SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
+_BATCH_ENDS = frozenset({w.QUERY, w.SYNC, w.FUNCTION_CALL})  # each gets one ReadyForQuery (a refused one too)
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
 
 
@@ -54,13 +55,16 @@ class PgSession(ResultRelay):
         self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
         self.terminated = False
         self._client_buf = Gather()
-        self._client_holds: set[str] = set()  # why the client's reading is paused: "target" or "client" full
+        self._client_holds: set[str] = set()  # why the client's reading is paused: "target"/"client" full, "ready"
+        self._awaiting_ready = False  # a batch (Query, Sync) was forwarded and its ReadyForQuery has not come
+        self.client_consumer: Callable[[bytes], None] = self._client_data  # as run() guards it
 
     async def run(self) -> None:
         """Relay both ways until either side closes; raise what ended it abnormally."""
         self.done = done = asyncio.get_running_loop().create_future()
         self.target_consumer = self._guarded(self.target_data)
-        self.client.divert(self._guarded(self._client_data), self._ended("client"))
+        self.client_consumer = self._guarded(self._client_data)
+        self.client.divert(self.client_consumer, self._ended("client"))
         self.conn.link.divert(self.target_consumer, self._ended("target"))
         try:
             await done
@@ -101,6 +105,12 @@ class PgSession(ResultRelay):
         out: list[bytes] = []
         seg = 0
         for typ, start, end in msgs:
+            if self._awaiting_ready:
+                # One batch at a time: a statement may change how the server reads the next one (a function
+                # that calls set_config(), say), and the target says so only with its ReadyForQuery.
+                rest = start - 5
+                self._hold_client("ready")
+                break
             if typ == w.COPY_DATA and not self.discarding:
                 continue
             repl = self._client_message(typ, buf[start:end])
@@ -108,6 +118,8 @@ class PgSession(ResultRelay):
                 out.append(buf[seg:start - 5])
                 out.append(repl)
                 seg = end
+            if typ in _BATCH_ENDS:
+                self._awaiting_ready = True
             if self.terminated:
                 rest = end
                 break
@@ -124,6 +136,14 @@ class PgSession(ResultRelay):
                 self._hold_client(side)
                 link.when_writable(functools.partial(self._release_client, side))
 
+    def batch_done(self) -> None:
+        """The target is ready for the next batch (or takes COPY data now): relay what waited for it."""
+        if not self._awaiting_ready:
+            return
+        self._awaiting_ready = False
+        if "ready" in self._client_holds:
+            self._release_client("ready")
+
     def _hold_client(self, why: str) -> None:
         if not self._client_holds:
             self.client.pause_reading()
@@ -133,6 +153,8 @@ class PgSession(ResultRelay):
         self._client_holds.discard(why)
         if not self._client_holds:
             self.client.resume_reading()
+            # Messages kept while held go first, after the chunk being relayed now (new ones queue behind).
+            asyncio.get_running_loop().call_soon(self.client_consumer, b"")
 
     def _client_message(self, typ: int, body: bytes) -> bytes | None:
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
