@@ -125,9 +125,6 @@ class Link:
             raise ConnectionResetError("the link is not connected")
         self._transport.write(data)
 
-    def writelines(self, data: Any) -> None:
-        self.write(b"".join(data))
-
     async def drain(self) -> None:
         """Wait while the peer is not taking what was written."""
         if self._ended and self._error is not None:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from policies.pgtypes import UNRESOLVED_TABLE
 
+from . import pg_freetext as ft
 from . import pg_handshake as hs
 from . import pgwire as w
 from .base import Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
@@ -23,7 +24,6 @@ from .pg_state import Await, Pending, Result, Shape
 from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection, refuse_string_syntax
 
 MAX_SHAPES = 1024
-FREE_TEXT_FIELDS = frozenset("MDHWq")  # message, detail, hint, context, internal query
 NOT_RUN = "not executed: an earlier message of the same pipeline failed"
 _UNSET: object = object()
 
@@ -328,9 +328,9 @@ class ResultRelay:
         if typ == w.ERROR:
             return self._error(body)
         if typ == w.NOTICE:
-            return self._mask_fields(typ, body)
+            return ft.mask_fields(typ, body, self.free)
         if typ == w.NOTIFICATION:
-            return self._mask_notification(body)
+            return ft.mask_notification(body, self.free)
         if typ == w.PARAMETER_STATUS:
             name, value = hs.parse_parameter_status(body)
             try:
@@ -344,7 +344,7 @@ class ResultRelay:
         if typ in (w.PARAM_DESCRIPTION, w.FUNCTION_RESULT):
             return None
         if typ == w.COPY_DATA:
-            return self._mask_copy(body) if self.copy_masking else None
+            return ft.mask_copy_line(body, self.free) if self.copy_masking else None
         if typ == w.COPY_DONE:
             self.copy_masking = False
             return None
@@ -393,7 +393,7 @@ class ResultRelay:
 
     def _error(self, body: bytes) -> bytes | None:
         fields = w.parse_fields(body)
-        masked = self._masked(fields)
+        masked = ft.mask_field_values(fields, self.free)
         text = dict(masked).get("M", "")
         self.result, self.copy_masking = None, False
         head = self.pending[0] if self.pending else None
@@ -414,32 +414,6 @@ class ResultRelay:
                 return item.reply  # the error we provoked to roll back a refused batch: say why instead
         return None if masked is fields else w.build_fields(w.ERROR, masked)
 
-    def _masked(self, fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        free = self.free
-        if free is None:
-            return fields
-        out = [(code, free.free_text(value) if code in FREE_TEXT_FIELDS else value) for code, value in fields]
-        return fields if out == fields else out
-
-    def _mask_fields(self, typ: int, body: bytes) -> bytes | None:
-        fields = w.parse_fields(body)
-        masked = self._masked(fields)
-        return None if masked is fields else w.build_fields(typ, masked)
-
-    def _mask_notification(self, body: bytes) -> bytes | None:
-        free = self.free
-        if free is None:
-            return None
-        pid, channel_and_payload = body[:4], body[4:]
-        parts = channel_and_payload.split(b"\0")
-        if len(parts) < 2:
-            raise w.ProtocolError("malformed NotificationResponse from the target")
-        payload = parts[1].decode("utf-8", "surrogateescape")
-        masked = free.free_text(payload)
-        if masked == payload:
-            return None
-        return w.message(w.NOTIFICATION, pid + parts[0] + b"\0" + masked.encode("utf-8", "surrogateescape") + b"\0")
-
     def _copy_out(self, body: bytes) -> None:
         overall, _ = w.parse_copy_response(body)
         if self.free is None:
@@ -447,13 +421,6 @@ class ResultRelay:
         if overall != 0:
             raise NotAllowed("binary COPY output cannot be masked; use COPY ... TO STDOUT with text or csv format")
         self.copy_masking = True
-
-    def _mask_copy(self, body: bytes) -> bytes | None:
-        free = self.free
-        assert free is not None
-        line = body.decode("utf-8", "surrogateescape")
-        masked = free.free_text(line)
-        return None if masked == line else w.message(w.COPY_DATA, masked.encode("utf-8", "surrogateescape"))
 
 
 _SIMPLE_ACKS = {w.PARSE_COMPLETE: Await.PARSE, w.BIND_COMPLETE: Await.BIND, w.CLOSE_COMPLETE: Await.CLOSE}
