@@ -79,7 +79,7 @@ from pglast import ast, enums, parser
 from .sql_walk import DANGEROUS_FUNCTIONS, STRING_SYNTAX_SETTINGS, Facts, is_dangerous, node_kinds, walk
 
 __all__ = ["DANGEROUS_FUNCTIONS", "KINDS", "OPAQUE_KINDS", "ShapeCache", "SqlError", "Statement", "classify",
-           "has_parameters", "is_dangerous", "resolve_execute"]
+           "has_parameters", "is_dangerous", "reads_alike_under_any_string_syntax", "resolve_execute"]
 
 KINDS: frozenset[str] = frozenset({
     "select", "insert", "update", "delete", "merge", "truncate", "drop", "create", "alter", "grant", "revoke",
@@ -206,6 +206,29 @@ def changes_string_syntax(stmt: ast.VariableSetStmt) -> bool:
     if name == "client_encoding":
         return "".join(c for c in text if c.isalnum()) not in _UTF8_NAMES
     return text not in _ON
+
+
+def reads_alike_under_any_string_syntax(sql: str) -> bool:
+    """True when the server splits ``sql`` into the same tokens whatever its string syntax settings are.
+
+    That is when the text is ASCII, which reads alike in every client
+    encoding PostgreSQL has, and no plain ``'…'`` literal holds a backslash,
+    the one thing ``standard_conforming_strings`` changes in the scanner (a
+    ``U&'…'`` literal is an error with it off, so it cannot be misread). The
+    proxy needs this for a statement that follows, in the same batch, one that
+    may have changed either setting where no parser can see it.
+    """
+    if sql.isascii() and "\\" not in sql:
+        return True
+    if not sql.isascii() or "\x00" in sql:
+        return False
+    try:
+        tokens = parser.scan(sql)
+    except Exception:  # noqa: BLE001 - what cannot be scanned cannot be vouched for
+        return False
+    # pglast's positions count characters; the text is ASCII here, so they are bytes too.
+    return not any(token.name == "SCONST" and sql[token.start] == "'" and "\\" in sql[token.start:token.end + 1]
+                   for token in tokens)
 
 
 # Literal tokens of PostgreSQL's scanner: strings (also dollar-quoted, E'', U&''), numbers, bit strings.

@@ -592,6 +592,51 @@ def test_a_session_whose_encoding_is_switched_is_ended_before_it_misreads(proxy:
         assert c.execute("SELECT current_setting('client_encoding')").fetchone() == ("UTF8",)
 
 
+SET_OFF = "SELECT set_config('standard_conforming_strings', 'off', false)"  # as a function of the database could
+
+
+def _run(sql: str) -> bytes:
+    return w.parse_message("", sql) + w.bind_message("", "") + w.execute_message()
+
+
+def test_a_statement_parsed_after_code_ran_in_its_batch_must_read_alike_either_way(proxy: Proxy,
+                                                                                   proxy_loop: ProxyLoop) -> None:
+    # This inspector lets set_config through, standing in for a function that calls it: PostgreSQL then
+    # reads the next Parse of the batch without standard strings, and reports the change only at Sync.
+    misread = "SELECT 'a\\b' AS x"  # a backslash in a plain literal: its meaning depends on the setting
+    messages = (_run(SET_OFF) + _run(misread) + w.SYNC_MESSAGE + _run(misread) + w.SYNC_MESSAGE
+                + w.query("SHOW standard_conforming_strings"))
+    replies = proxy_loop.call(_raw_session(proxy.port, messages, until=3))
+    kinds = [t for t, _ in replies]
+    assert kinds[:6] == ["1", "2", "D", "C", "E", "Z"], kinds
+    fields = dict(w.parse_fields(replies[4][1]))
+    assert fields["C"] == "42501" and "same batch" in fields["M"] and "after a Sync" in fields["M"]
+    # The refusal rolled the batch back, set_config() included, as an error of the server's own would:
+    # alone in its batch, the statement is read with standard strings, and the session goes on.
+    rows = _data_rows(replies)
+    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b"]
+    assert w.split_datarow(rows[2], 0, len(rows[2])) == [b"on"]
+
+
+def test_a_query_after_code_ran_in_its_batch_must_read_alike_and_its_refusal_rolls_back(
+        proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    replies = proxy_loop.call(_raw_session(proxy.port, _run(SET_OFF) + w.query("SELECT 'a\\b'")
+                                           + w.query("SHOW standard_conforming_strings"), until=2))
+    assert [t for t, _ in replies] == ["1", "2", "D", "C", "E", "Z", "T", "D", "C", "Z"]
+    assert "same batch" in dict(w.parse_fields(replies[4][1]))["M"]
+    rows = _data_rows(replies)
+    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"on"]
+
+
+def test_a_statement_after_code_ran_in_its_batch_that_reads_alike_passes(proxy: Proxy,
+                                                                        proxy_loop: ProxyLoop) -> None:
+    replies = proxy_loop.call(_raw_session(
+        proxy.port, _run("SELECT 1") + _run("SELECT E'a\\\\b', $$c\\$$ -- \\ ") + w.SYNC_MESSAGE))
+    rows = _data_rows(replies)
+    assert [t for t, _ in replies] == ["1", "2", "D", "C", "1", "2", "D", "C", "Z"]
+    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b", b"c\\"]
+
+
 def test_role_defaults_cannot_change_how_the_target_reads_sql(proxy_loop: ProxyLoop, pg_server: PgServer,
                                                               target: Upstream) -> None:
     # ALTER ROLE … SET passes the guardrails (it applies to later logins). The proxy pins both settings in

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policies.model import StatementEffect
+from policies.sql import reads_alike_under_any_string_syntax
 
 from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
@@ -30,6 +31,11 @@ SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know 
 SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
 _BATCH_ENDS = frozenset({w.QUERY, w.SYNC, w.FUNCTION_CALL})  # each gets one ReadyForQuery (a refused one too)
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
+AFTER_CODE_RAN = StatementVerdict(
+    StatementEffect.DENY, "bastion",
+    "it follows a Bind or Execute in the same batch, which may have run a function that changed how the server "
+    "reads SQL (client_encoding, standard_conforming_strings), and this text would read otherwise then; send it "
+    "after a Sync, or write it in ASCII with backslashes only in E'...' strings")
 
 
 class PgSession(ResultRelay):
@@ -52,6 +58,10 @@ class PgSession(ResultRelay):
         self.portals: dict[str, Portal] = {}
         self.discarding = False      # after our own refusal in the extended protocol: drop until Sync
         self.batch_executes = 0      # Executes forwarded since the last Sync: a refusal must undo them
+        # A Bind or Execute was forwarded since the last Sync: either may run a function (an Execute's, a
+        # trigger's, a domain check's, one folded by the planner), and a function can change how the server
+        # reads SQL with set_config(). PostgreSQL says so only at Sync, so what is parsed before must read alike.
+        self.batch_ran_code = False
         self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
         self.terminated = False
         self._client_buf = Gather()
@@ -182,6 +192,7 @@ class PgSession(ResultRelay):
         if typ == w.SYNC:
             self.discarding = False
             self.batch_executes = 0
+            self.batch_ran_code = False
             self.push(Pending(Await.SYNC))
             return None
         if typ == w.QUERY:
@@ -214,21 +225,32 @@ class PgSession(ResultRelay):
             self.log.exception("the inspector failed; the statement is refused")
             return StatementVerdict(StatementEffect.DENY, "bastion", "the statement could not be checked")
 
+    def _check_in_batch(self, sql: str, *, extended: bool = False) -> StatementVerdict:
+        if self.batch_ran_code and not reads_alike_under_any_string_syntax(sql):
+            return AFTER_CODE_RAN
+        return self._check(sql, extended=extended)
+
     def _on_query(self, body: bytes) -> bytes | None:
         sql = w.parse_query(body)
-        verdict = self._check(sql)
-        self.batch_executes = 0
+        verdict = self._check_in_batch(sql)
+        executes, self.batch_executes, self.batch_ran_code = self.batch_executes, 0, False
         if verdict.allowed:
             self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic()))
             return None
-        self.local(self.refuse(sql, verdict))
+        reply = self.refuse(sql, verdict)
+        if executes:
+            # A Query ends the extended batch before it; failing, it would roll back what that batch ran.
+            self.push(Pending(Await.DESCRIBE_S, internal=True, reply=reply))
+            self.push(Pending(Await.SYNC))
+            return w.describe_message("S", self.poison) + w.SYNC_MESSAGE
+        self.local(reply)
         # A Sync instead of the Query: the target answers with ReadyForQuery and its true status.
         self.push(Pending(Await.SYNC))
         return w.SYNC_MESSAGE
 
     def _on_parse(self, body: bytes) -> bytes | None:
         name, sql, oids = w.parse_parse(body)
-        verdict = self._check(sql, extended=True)
+        verdict = self._check_in_batch(sql, extended=True)
         if verdict.allowed:
             # A statement that ran on an approval is bound once: the approval covers one execution.
             statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
@@ -261,6 +283,7 @@ class PgSession(ResultRelay):
         portal = Portal(statement.sql, statement.verdict, statement, self.masked_params(params), bind.result_formats)
         previous = self.portals.get(bind.portal)
         self.portals[bind.portal] = portal  # fresh and undescribed, for the same reason as in _on_parse
+        self.batch_ran_code = True
         self.push(Pending(Await.BIND, portal=portal,
                           undo=lambda: self._restore(self.portals, bind.portal, previous)))
         return None
@@ -287,6 +310,7 @@ class PgSession(ResultRelay):
         self.push(Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
                           params=portal.params, started=time.monotonic()))
         self.batch_executes += 1
+        self.batch_ran_code = True
         return inject + w.message(w.EXECUTE, body) if inject else None
 
     # ---- refusals ---------------------------------------------------------------------------
