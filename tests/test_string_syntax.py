@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import make_conninfo
 
 from policies.sql import reads_alike_under_any_string_syntax
 
@@ -58,8 +59,8 @@ def test_texts_whose_reading_depends_on_the_settings_are_not(sql: str) -> None:
 def readers(pg_server: PgServer) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:
     """Two sessions of one real server: standard strings on, and off."""
     pg_server.create_role("strings", PASSWORD)
-    dsn = dict(host="127.0.0.1", port=pg_server.port, user="strings", password=PASSWORD, dbname="postgres")
-    with psycopg.connect(**dsn, autocommit=True) as on, psycopg.connect(**dsn, autocommit=True) as off:
+    dsn = make_conninfo(host="127.0.0.1", port=pg_server.port, user="strings", password=PASSWORD, dbname="postgres")
+    with psycopg.connect(dsn, autocommit=True) as on, psycopg.connect(dsn, autocommit=True) as off:
         off.execute("SET standard_conforming_strings = off")
         off.execute("SET escape_string_warning = off")
         yield on, off
