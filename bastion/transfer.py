@@ -297,6 +297,10 @@ class TransferGateway(asyncssh.SFTPServer):  # type: ignore[misc]
         if writing:
             await self._refuse_link(client, name, inner)
         else:
+            # The path first: a stat's "no such file" or "is a directory" would tell what exists outside it.
+            by_path = check(access, name, direction, inner)
+            if by_path.effect is Effect.DENY:
+                raise self._refused(name, inner, by_path, event="transfer", direction=direction.value, bytes=0)
             found = await client.stat(_b(inner))
             if found.type == asyncssh.FILEXFER_TYPE_DIRECTORY:
                 raise asyncssh.SFTPFailure(f"{name}:{inner} is a directory")

@@ -350,6 +350,24 @@ def test_a_download_outside_the_allowed_paths_is_refused(bastion: Bastion, olive
     assert "outside the paths" in refusal(bastion, "olive", "/etc/hostname").detail["reason"]
 
 
+def test_a_refused_download_does_not_tell_whether_the_file_exists(bastion: Bastion, olive: Client) -> None:
+    # Outside the allowed paths, a missing file and a directory are refused exactly like a file that is there.
+    # paramiko's open() is one SFTP OPEN, with no stat first (OpenSSH's sftp stats, which is refused anyway).
+    ssh = _paramiko(olive, bastion, "olive")
+    answers = {}
+    try:
+        client = ssh.open_sftp()
+        for path in ("/etc/hostname", "/etc/no-such-file-8c1f", "/etc"):
+            with pytest.raises(OSError) as refused:
+                client.open(f"/web-1{path}", "rb")
+            answers[path] = (type(refused.value), str(refused.value).replace(path, "PATH"))
+        client.close()
+    finally:
+        ssh.close()
+    assert all("outside the paths policy ops-files allows" in text for _, text in answers.values()), answers
+    assert len(set(answers.values())) == 1, answers
+
+
 def test_uploads_are_refused_where_only_downloads_are_allowed(bastion: Bastion, tmp_path: Path,
                                                               oidc_issuer: OidcIssuer, files: Path) -> None:
     vic = Client(tmp_path / "vic", bastion)
