@@ -25,7 +25,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,14 +98,31 @@ _INSERTED = ("id", *_EVENT_FIELDS, "prev_hash", "hash")
 _INSERT = f"INSERT INTO events ({', '.join(_INSERTED)}) VALUES ({', '.join('?' * len(_INSERTED))})"
 
 
-# Built once: json.dumps() with options builds a new encoder per call, a third of an event's cost on the
-# SQL data path. The output is the same, so the chain's canonical form does not change.
-_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-_DETAIL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, default=str)
+def _encoder(**options: Any) -> Callable[[Any], str]:
+    """``json.dumps(obj, **options)`` as a function built once: the same text, at half the cost per call.
+
+    Both on the SQL data path, json.dumps() with options built an encoder per
+    call, and ``JSONEncoder.encode`` still builds CPython's C encoder per call;
+    this one keeps that C encoder (the very one ``encode`` would use, so the
+    chain's canonical form cannot change). No circular check: what is encoded
+    here is the bastion's own flat event fields.
+    """
+    encoder = json.JSONEncoder(check_circular=False, **options)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator: JSONEncoder's own path, same output
+        return encoder.encode
+    quote = json.encoder.encode_basestring_ascii if encoder.ensure_ascii else json.encoder.encode_basestring
+    c_encode = make(None, encoder.default, quote, None, encoder.key_separator, encoder.item_separator,
+                    encoder.sort_keys, encoder.skipkeys, encoder.allow_nan)
+    return lambda obj: "".join(c_encode(obj, 0))
+
+
+_canonical = _encoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+_detail = _encoder(separators=(",", ":"), sort_keys=True, default=str)
 
 
 def _event_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    canonical = _CANONICAL.encode([prev_hash, row["ts"], row["kind"], row["user"], row["source"], row["target"],
+    canonical = _canonical([prev_hash, row["ts"], row["kind"], row["user"], row["source"], row["target"],
                                    row["session"], row["rule"], row["outcome"], row["detail"]])  # _EVENT_FIELDS
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -404,7 +421,7 @@ def _row(kind: str, user: str | None, source: str | None, target: str | None, se
     return {
         "ts": round(time.time() if ts is None else ts, 6), "kind": kind, "user": user,
         "source": source, "target": target, "session": session, "rule": rule, "outcome": outcome,
-        "detail": _DETAIL.encode({k: v for k, v in detail.items() if v is not None}),
+        "detail": _detail({k: v for k, v in detail.items() if v is not None}),
     }
 
 

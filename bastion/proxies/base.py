@@ -70,7 +70,7 @@ class StatementVerdict:
     @property
     def allowed(self) -> bool:
         """True when the statement may be forwarded."""
-        return self.effect == StatementEffect.ALLOW
+        return self.effect is StatementEffect.ALLOW  # identity: a look-alike string is not an allow
 
 
 @dataclass(frozen=True)
