@@ -269,7 +269,7 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
         if term is None:
             return None
         columns, rows = self.size_pair()
-        return Terminal(term, columns, rows)
+        return Terminal(term, columns, rows, dict(self.chan.get_terminal_modes()))
 
     def mark(self, label: str) -> None:
         """Put a marker in this session's recording."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,9 @@ class Terminal:
     term: str
     columns: int
     rows: int
+    # RFC 4254's encoded terminal modes (opcode -> value) from the user's client: erase, intr, and the like
+    # must mean on the target what they mean at the user's keyboard, as through an OpenSSH jump host.
+    modes: Mapping[int, int] = field(default_factory=dict)
 
 
 Write = Callable[[bytes, bool], None]
@@ -184,7 +187,7 @@ class Relay:
         pty: dict[str, Any] = {"request_pty": False}
         if terminal is not None:
             pty = {"request_pty": "force", "term_type": terminal.term,
-                   "term_size": (terminal.columns, terminal.rows)}
+                   "term_size": (terminal.columns, terminal.rows), "term_modes": dict(terminal.modes)}
         self._chan, _ = await conn.create_session(lambda: _Channel(self), command, encoding=None, **pty)
         early, self._early = self._early, []
         if sum(len(item or b"") for item in early) > HIGH_WATER:

@@ -135,9 +135,11 @@ def test_run_is_audited_and_recorded(olive: Client, bastion: Bastion) -> None:
 class Terminal:
     """The real ssh client in a PTY, and what it has shown so far."""
 
-    def __init__(self, client: Client, *command: str) -> None:
-        args = client.ssh_args("olive", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1")
-        self.child = pexpect.spawn(args[0], [*args[1:], *command], env=client.env(), dimensions=(30, 120),
+    def __init__(self, client: Client, *command: str, stty: str | None = None) -> None:
+        args = [*client.ssh_args("olive", "-tt", "-o", "SetEnv=PROMPT_TOOLKIT_NO_CPR=1"), *command]
+        if stty is not None:  # set the local terminal's modes first, as a user's shell would have
+            args = ["/bin/sh", "-c", f"stty {stty} && exec {shlex.join(args)}"]
+        self.child = pexpect.spawn(args[0], args[1:], env=client.env(), dimensions=(30, 120),
                                    encoding="utf-8", timeout=20)
         self.seen = ""
 
@@ -150,6 +152,16 @@ class Terminal:
             except pexpect.TIMEOUT:
                 pass
         return strip_ansi(self.seen)
+
+
+def test_the_terminal_modes_of_the_user_s_keyboard_reach_the_target(olive: Client, bastion: Bastion) -> None:
+    # An erase key of ^X is unusual: only the client's own PTY request can have told the target about it.
+    term = Terminal(olive, stty="erase ^X intr ^G")
+    term.wait_for("olive@localhost>")
+    term.child.send("connect web-1\r")
+    term.child.send("stty -a | tr ';' '\\n' | grep -E '^ *(erase|intr) =' | tr -d ' ' | paste -sd, -\r")
+    term.wait_for("intr=^G,erase=^X")
+    term.child.close(force=True)
 
 
 def test_connect_runs_a_recorded_pty_session_and_reports_its_exit(olive: Client, bastion: Bastion) -> None:
