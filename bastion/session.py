@@ -265,11 +265,12 @@ class BastionSession(asyncssh.SSHServerSession):  # type: ignore[misc]
 
     def terminal(self) -> Terminal | None:
         """The user's terminal, when the session has one."""
-        term = None if self.chan is None else self.chan.get_terminal_type()
-        if term is None:
+        chan = self.chan
+        term = None if chan is None else chan.get_terminal_type()
+        if chan is None or term is None:
             return None
         columns, rows = self.size_pair()
-        return Terminal(term, columns, rows, dict(self.chan.get_terminal_modes()))
+        return Terminal(term, columns, rows, dict(chan.get_terminal_modes()))
 
     def mark(self, label: str) -> None:
         """Put a marker in this session's recording."""
