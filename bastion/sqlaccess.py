@@ -67,6 +67,26 @@ class _PlanMasker:
             self.changed.update(self.names[i] for i in self.plan.masked_columns if masked[i] != values[i])
         return masked
 
+    def text_cells(self) -> tuple[tuple[int, Callable[[bytes], bytes]], ...]:
+        cells = self.plan.text_cells
+        if self.changed is None:
+            return cells
+        return tuple((i, self._noting(i, mask)) for i, mask in cells)
+
+    def _noting(self, index: int, mask: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+        """``mask``, noting its column in ``changed`` when it changes a value (as text_row does)."""
+        changed = self.changed
+        if changed is None or index >= len(self.names):
+            return mask
+        name = self.names[index]
+
+        def noting(value: bytes) -> bytes:
+            new = mask(value)
+            if name not in changed and new != value:
+                changed.add(name)
+            return new
+        return noting
+
     def binary_value(self, index: int, type_oid: int, value: bytes) -> bytes | None:
         result = mask_binary(type_oid, value, self.masker, self.plan, index)
         if result != value and self.changed is not None:

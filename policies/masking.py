@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -107,13 +107,24 @@ class _Whole:
                 return _REDACTED_BYTES
             if self.strategy == "hash":
                 return self._strategies.hash_bytes(value).encode()
-            if b"@" in value and _is_email(value.decode("utf-8", "surrogateescape")):
+            if b"@" in value and _is_email_cell(value):
                 return _PARTIAL_EMAIL + value.rpartition(b"@")[2]  # what partial() gives, without the round trip
         return _encode(self.text(value.decode("utf-8", "surrogateescape")))
 
 
 def _is_email(value: str) -> bool:
     return EMAIL.fullmatch(value) is not None
+
+
+# The same pattern over bytes. On ASCII input it matches exactly where the str pattern does (Unicode
+# classes agree with ASCII ones on ASCII characters), without decoding every cell of a bulk result.
+_EMAIL_ASCII = re.compile(EMAIL.pattern.encode("ascii"))
+
+
+def _is_email_cell(value: bytes) -> bool:
+    if value.isascii():
+        return _EMAIL_ASCII.fullmatch(value) is not None
+    return _is_email(value.decode("utf-8", "surrogateescape"))
 
 
 class _Scan:
@@ -203,6 +214,16 @@ class ColumnPlan:
     def masked_columns(self) -> tuple[int, ...]:
         """Indices of the columns a rule or a detector applies to."""
         return tuple(i for i, _ in self._work)
+
+    @property
+    def text_cells(self) -> tuple[tuple[int, Callable[[bytes], bytes]], ...]:
+        """(index, masker) of each column that can be masked, in order, for text-format cells.
+
+        A masker takes a cell's bytes and returns the cell to send: the same
+        object when nothing in it is masked. What :meth:`Masker.mask_row_text`
+        does with a row, cell by cell, for callers that walk the row themselves.
+        """
+        return tuple((i, a.raw) for i, a in self._work)
 
     def strategy(self, index: int) -> str | None:
         """The column rule's strategy for the whole value, or None when no column rule applies."""

@@ -94,6 +94,55 @@ def test_round_trips() -> None:
     assert [w.rows_from_tag(t) for t in ("SELECT 3", "INSERT 0 7", "BEGIN", "COPY 2")] == [3, 7, None, 2]
 
 
+def _reference(buf: bytes, start: int, end: int, width: int,
+               cells: list[tuple[int, Callable[[bytes], bytes]]]) -> bytes | type[Exception] | None:
+    """mask_cells by the three-pass way it replaces: split, mask the list, replace."""
+    try:
+        values = w.split_datarow(buf, start, end)
+    except w.ProtocolError:
+        return w.ProtocolError
+    if len(values) != width:
+        return w.ProtocolError
+    new = list(values)
+    for index, mask in cells:
+        value = values[index] if index < len(values) else None
+        if value is not None:
+            new[index] = mask(value)
+    return w.replace_cells(buf, start, end, values, new)
+
+
+_CELL = st.none() | st.binary(max_size=12)
+
+
+@settings(max_examples=600)
+@given(st.lists(_CELL, min_size=0, max_size=6), st.sets(st.integers(0, 7)), st.booleans(), st.binary(max_size=3),
+       st.integers(-1, 1))
+def test_mask_cells_gives_what_split_mask_and_replace_give(values: list[bytes | None], masked: set[int],
+                                                           grow: bool, tail: bytes, width_off: int) -> None:
+    # Maskers that change some cells (longer or shorter) and leave others, on well-formed and cut rows.
+    def mask(value: bytes) -> bytes:
+        return value if value.startswith(b"k") else (value + b"!!" if grow else value[:1])
+    row = w.build_datarow(values)
+    cells = [(i, mask) for i in sorted(masked)]
+    for buf, end in ((row + tail, len(row)), (row[:-1] + tail, len(row) - 1)):  # whole, and one byte short
+        width = len(values) + width_off
+        expected = _reference(buf, 5, end, width, cells)
+        try:
+            got: bytes | type[Exception] | None = w.mask_cells(buf, 5, end, width, cells)
+        except w.ProtocolError:
+            got = w.ProtocolError
+        assert got == expected
+
+
+def test_mask_cells_refuses_a_negative_length_in_any_cell() -> None:
+    row = bytearray(w.build_datarow([b"a", b"b", b"c"]))
+    for at in (7, 12, 17):  # each cell's length field
+        bad = bytes(row[:at]) + (-2).to_bytes(4, "big", signed=True) + bytes(row[at + 4:])
+        for cells in ([], [(1, bytes.upper)]):
+            with pytest.raises(w.ProtocolError, match="negative"):
+                w.mask_cells(bad, 5, len(bad), 3, cells)
+
+
 # ---- bad input through a live proxy --------------------------------------------------------------
 
 class AllowAll:

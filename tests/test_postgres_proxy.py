@@ -18,7 +18,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,9 @@ class FakeMasker:
         if not any(values[i] is not None for i in self.indexes):
             return values
         return [b"***" if i in self.indexes and v is not None else v for i, v in enumerate(values)]
+
+    def text_cells(self) -> list[tuple[int, Callable[[bytes], bytes]]]:
+        return [(i, lambda _: b"***") for i in sorted(self.indexes)]
 
     def binary_value(self, index: int, type_oid: int, value: bytes) -> bytes | None:
         if index not in self.indexes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,6 +97,14 @@ class RowMasker(Protocol):
 
     def text_row(self, values: list[bytes | None]) -> list[bytes | None]:
         """Return the row to send: the same list (or equal values) when nothing changes."""
+        ...
+
+    def text_cells(self) -> Sequence[tuple[int, Callable[[bytes], bytes]]]:
+        """What :meth:`text_row` does, cell by cell: (index, masker) of each column it may change, in order.
+
+        A masker takes a text-format cell and returns the cell to send: the
+        same object when it leaves it alone. The bulk path walks rows with these.
+        """
         ...
 
     def binary_value(self, index: int, type_oid: int, value: bytes) -> bytes | None:

@@ -175,7 +175,10 @@ class ResultRelay:
                 result = self.result or self._begin_rows()
                 if result.masker is None:
                     continue
-                repl = self._mask_row(result, buf, start, end)
+                if result.all_text:
+                    repl = w.mask_cells(buf, start, end, len(result.formats), result.cells)
+                else:
+                    repl = self._mask_row(result, buf, start, end)
             elif typ == w.ROW_DESCRIPTION:
                 body = buf[start:end]
                 if body not in self.shapes:
@@ -288,22 +291,18 @@ class ResultRelay:
         return self.result
 
     def _mask_row(self, result: Result, buf: bytes, start: int, end: int) -> bytes | None:
+        """A row with binary cells (text-only rows take :func:`~.pgwire.mask_cells`)."""
         masker = result.masker
         assert masker is not None
         values = w.split_datarow(buf, start, end)
         if len(values) != len(result.formats):
             raise LostTrack("a row does not match its RowDescription")
-        if result.all_text:
-            new = masker.text_row(values)
-            if new is values:
-                return None
-        else:
-            formats = result.formats
-            new = list(masker.text_row([None if f else v for v, f in zip(values, formats, strict=True)]))
-            for i, f in enumerate(formats):
-                value = values[i]
-                if f:
-                    new[i] = None if value is None else masker.binary_value(i, result.oids[i], value)
+        formats = result.formats
+        new = list(masker.text_row([None if f else v for v, f in zip(values, formats, strict=True)]))
+        for i, f in enumerate(formats):
+            value = values[i]
+            if f:
+                new[i] = None if value is None else masker.binary_value(i, result.oids[i], value)
         if len(new) != len(values):
             raise ProxyError("the masker changed the number of columns")
         return w.replace_cells(buf, start, end, values, new)

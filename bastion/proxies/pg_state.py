@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -92,6 +92,7 @@ class Result:
     formats: tuple[int, ...]         # one per column: 0 text, 1 binary
     oids: tuple[int, ...]
     all_text: bool = True
+    cells: Sequence[tuple[int, Callable[[bytes], bytes]]] = ()  # all text: the masker, cell by cell
 
     @classmethod
     def of(cls, shape: Shape, formats: tuple[int, ...]) -> Result:
@@ -105,7 +106,9 @@ class Result:
             per_column = formats
         else:
             raise w.ProtocolError("result format codes do not match the result's columns")
-        return cls(shape.masker, per_column, tuple(f.type_oid for f in shape.fields), not any(per_column))
+        all_text = not any(per_column)
+        cells = shape.masker.text_cells() if all_text and shape.masker is not None else ()
+        return cls(shape.masker, per_column, tuple(f.type_oid for f in shape.fields), all_text, cells)
 
 
 _BINARY_DECODERS: dict[int, Callable[[bytes], str]] = {

@@ -7,6 +7,7 @@ so a peer's garbage can only ever close its own connection.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .base import ProxyError
@@ -296,6 +297,69 @@ def replace_cells(buf: bytes, start: int, end: int, old: list[bytes | None],
             seg = pos + size
         pos += size
     if not parts:
+        return None
+    parts.append(buf[seg:end])
+    return HEADER.pack(DATA_ROW, end - start + 4 + delta) + buf[start:start + 2] + b"".join(parts)
+
+
+def mask_cells(buf: bytes, start: int, end: int, width: int,
+               cells: Sequence[tuple[int, Callable[[bytes], bytes]]]) -> bytes | None:
+    """The DataRow ``buf[start:end]`` (body), framed, with each cell ``cells`` names passed through its masker.
+
+    None when no cell changed. The row must have ``width`` cells, and is
+    checked as :func:`split_datarow` checks it. One pass, and only the masked
+    cells are sliced: :func:`split_datarow`, a masker over the list and
+    :func:`replace_cells` cost three times as much per row of a bulk result.
+    ``cells`` are in column order; a masker returns its argument (or an equal
+    value) to leave a cell as it is.
+    """
+    unpack = _I32.unpack_from
+    parts: list[bytes] | None = None
+    try:
+        count = _U16.unpack_from(buf, start)[0]
+        if count != width:
+            raise ProtocolError("a DataRow does not match its RowDescription")
+        pos = seg = start + 2
+        delta = 0
+        column = 0
+        for index, mask in cells:
+            if index >= count:
+                break
+            while column < index:
+                n = unpack(buf, pos)[0]
+                if n < -1:
+                    raise ProtocolError("DataRow has a negative cell length")
+                pos += 4 + n if n > 0 else 4
+                column += 1
+            n = unpack(buf, pos)[0]
+            if n > 0 or n == 0:
+                value = buf[pos + 4:pos + 4 + n]
+                new = mask(value)
+                if new is not value and new != value:
+                    if parts is None:
+                        parts = []
+                    parts.append(buf[seg:pos])
+                    parts.append(_I32.pack(len(new)))
+                    parts.append(new)
+                    delta += len(new) - n
+                    seg = pos + 4 + n
+                pos += 4 + n
+            elif n == -1:
+                pos += 4
+            else:
+                raise ProtocolError("DataRow has a negative cell length")
+            column += 1
+        while column < count:
+            n = unpack(buf, pos)[0]
+            if n < -1:
+                raise ProtocolError("DataRow has a negative cell length")
+            pos += 4 + n if n > 0 else 4
+            column += 1
+    except struct.error as e:
+        raise ProtocolError("DataRow is shorter than its cells") from e
+    if pos != end:
+        raise ProtocolError("DataRow does not match its length")
+    if parts is None:
         return None
     parts.append(buf[seg:end])
     return HEADER.pack(DATA_ROW, end - start + 4 + delta) + buf[start:start + 2] + b"".join(parts)
