@@ -211,10 +211,10 @@ class PolicyInspector:
             return None
         if not columns:
             return _PlanMasker(self._masker, self._masker.plan([]))
-        plan = self._masker.plan([MaskColumn(table, name) for table, name, _ in columns])
+        plan = self._masker.plan([MaskColumn(c.table, c.name, c.source) for c in columns])
         if plan.empty:
             return None
-        return _PlanMasker(self._masker, plan, tuple(name for _, name, _ in columns), self.masked_columns)
+        return _PlanMasker(self._masker, plan, tuple(c.name for c in columns), self.masked_columns)
 
     def audit(self, event: StatementEvent) -> None:
         """One audit event per statement; refusals also go into the recording."""

@@ -44,10 +44,21 @@ class MaskingError(ValueError):
 
 @dataclass(frozen=True)
 class Column:
-    """A result column: its table ("schema.table", "table", None for none, UNRESOLVED_TABLE when unknown) and name."""
+    """A result column: its table ("schema.table", "table", None for none, UNRESOLVED_TABLE when unknown) and name.
+
+    ``source`` is the table column's own name when the result renames it
+    (``SELECT email AS x``): rules match either name, so an alias hides
+    nothing. UNRESOLVED_COLUMN there means the catalog could not say.
+    """
 
     table: str | None
     name: str
+    source: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The names rules are matched against."""
+        return (self.name,) if self.source is None or self.source == self.name else (self.name, self.source)
 
 
 def _encode(text: str) -> bytes:
@@ -306,15 +317,16 @@ class Masker:
         actions: list[_Action | None] = []
         for column in key:
             strategy = None
+            names = column.names
             for globs, rule_strategy in self._column_rules:
-                if any(g.match(column.table, column.name) for g in globs):
+                if any(g.match(column.table, name) for g in globs for name in names):
                     strategy = _stricter(strategy, rule_strategy)
             if strategy is not None:
                 actions.append(_Whole(strategy, self._strategies))
                 continue
             wanted = dict(self._everywhere)
             for globs, scoped in self._scoped:
-                if any(g.match(column.table, column.name) for g in globs):
+                if any(g.match(column.table, name) for g in globs for name in names):
                     _merge(wanted, scoped)
             signature = tuple(sorted(wanted.items()))
             if signature not in scans:

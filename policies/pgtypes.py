@@ -45,6 +45,14 @@ ARRAY_ELEMENTS: Mapping[int, int] = {
 
 # -- column names ----------------------------------------------------------------------------
 
+UNRESOLVED_COLUMN = "\x00unresolved column"
+"""The own name of a table column the proxy could not look up: every glob matches it, whatever its table.
+
+A result may rename a column (``SELECT email AS x``); only the catalog knows
+the name the masking rules were written for, so when it cannot be asked,
+every rule applies (the strictest wins): masking errs on the side of hiding.
+"""
+
 UNRESOLVED_TABLE = "\x00unresolved"
 """The table of a column from a table whose name the proxy could not look up (no real name holds a NUL).
 
@@ -65,6 +73,8 @@ class ColumnGlob:
 
     def match(self, table: str | None, name: str) -> bool:
         """True when the glob names this column of this table ("schema.table", "table", None for no table)."""
+        if name == UNRESOLVED_COLUMN:
+            return True
         if table == UNRESOLVED_TABLE:
             return self.column.fullmatch(name) is not None
         if self.qualified is None or table is None:

@@ -17,7 +17,7 @@ from policies import masking
 from policies.detectors import BUILTINS, luhn_ok
 from policies.masking import BUILTIN_DETECTORS, REDACTED, STRATEGIES, Column, ColumnPlan, Masker, MaskingError
 from policies.model import MaskingRule
-from policies.pgtypes import UNRESOLVED_TABLE, mask_binary
+from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE, mask_binary
 
 KEY = b"k" * 32
 OTHER_KEY = b"o" * 32
@@ -653,3 +653,18 @@ def test_masking_cell_by_cell_gives_what_masking_the_row_gives(values: list[str 
         if value is not None:
             cells[index] = mask(value)
     assert cells == whole
+
+
+def test_a_renamed_column_matches_the_rules_of_its_own_name_and_of_its_new_one() -> None:
+    masker = Masker([MaskingRule("redact", columns=("customers.ssn",)), MaskingRule("partial", columns=("*.email",))],
+                    hash_key=b"k" * 32)
+    plan = masker.plan([Column("public.customers", "x", "ssn"), Column("public.customers", "email", "name"),
+                        Column("public.customers", "name"), Column(None, "ssn", None)])
+    assert [plan.strategy(i) for i in range(4)] == ["redact", "partial", None, None]
+
+
+def test_a_column_the_catalog_could_not_name_takes_every_rule() -> None:
+    masker = Masker([MaskingRule("partial", columns=("*.email",)), MaskingRule("hash", columns=("orders.total",))],
+                    hash_key=b"k" * 32)
+    plan = masker.plan([Column(UNRESOLVED_TABLE, "x", UNRESOLVED_COLUMN)])
+    assert plan.strategy(0) == "hash"  # the stricter of the two

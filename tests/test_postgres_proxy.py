@@ -35,7 +35,7 @@ from bastion.proxies.postgres import serve_tcp
 from policies.masking import Column as MaskColumn
 from policies.masking import Masker
 from policies.model import MaskingRule, StatementEffect
-from policies.pgtypes import UNRESOLVED_TABLE
+from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
 
 if TYPE_CHECKING:
     from pg_fixtures import ProxyLoop
@@ -100,8 +100,8 @@ class FakeInspector:
         if not columns:
             return FakeMasker()
         self.columns_seen.append(tuple(columns))
-        masked = frozenset(i for i, (table, name, _) in enumerate(columns)
-                           if name == "email" or (table == "public.customers" and name == "ssn"))
+        masked = frozenset(i for i, c in enumerate(columns)
+                           if c.name == "email" or (c.table == "public.customers" and c.name == "ssn"))
         return FakeMasker(masked) if masked else None
 
     def audit(self, event: StatementEvent) -> None:
@@ -160,7 +160,7 @@ def conn(proxy: Proxy) -> Iterator[psycopg.Connection[Any]]:
 def test_text_mode_results_with_masking_by_column_and_table(proxy: Proxy, conn: psycopg.Connection[Any]) -> None:
     rows = conn.execute("SELECT id, name, email, ssn FROM customers ORDER BY id").fetchall()
     assert rows == [(1, "Ada", "***", "***"), (2, "Bob", "***", "***")]
-    assert ("public.customers", "ssn", 25) in proxy.inspectors[-1].columns_seen[-1]
+    assert Column("public.customers", "ssn", 25) in proxy.inspectors[-1].columns_seen[-1]
     # Not the customers table: ssn is left alone, email still masked by name.
     assert conn.execute("SELECT 'x' AS ssn, 'a@b.c' AS email, NULL::text AS email").fetchone() == ("x", "***", None)
 
@@ -293,7 +293,7 @@ def test_new_result_shapes_in_one_chunk_are_looked_up_one_after_another(proxy: P
     while cur.nextset():
         results.append(cur.fetchall())
     assert results == [[("***",)], [("Bob", "***")], [], [(3, "***")]]
-    tables = {table for columns in proxy.inspectors[-1].columns_seen[-4:] for table, _, _ in columns}
+    tables = {c.table for columns in proxy.inspectors[-1].columns_seen[-4:] for c in columns}
     assert tables == {"public.customers", "public.kv", "public.big"}
 
 
@@ -657,7 +657,7 @@ def test_role_defaults_cannot_change_how_the_target_reads_sql(proxy_loop: ProxyL
         assert c.execute("SELECT name, ssn FROM customers WHERE id = 1").fetchone() == ("Ada", "***")
         c.execute("RESET ALL")
         assert c.execute("SHOW standard_conforming_strings").fetchone() == ("on",)
-    assert any(("public.customers", "ssn", 25) in seen for seen in old.inspectors[-1].columns_seen)  # by table
+    assert any(Column("public.customers", "ssn", 25) in seen for seen in old.inspectors[-1].columns_seen)  # by table
 
 
 def test_a_table_whose_name_cannot_be_looked_up_is_masked_as_any_table(proxy_loop: ProxyLoop, pg_server: PgServer,
@@ -672,10 +672,19 @@ def test_a_table_whose_name_cannot_be_looked_up_is_masked_as_any_table(proxy_loo
     with single.connect() as c:
         c.execute("SELECT name, ssn FROM customers WHERE id = 1").fetchone()
     [columns] = single.inspectors[-1].columns_seen
-    assert [(table, name) for table, name, _ in columns] == [(UNRESOLVED_TABLE, "name"), (UNRESOLVED_TABLE, "ssn")]
-    plan = Masker([MaskingRule("redact", columns=("customers.ssn",))], hash_key=b"k" * 32).plan(
-        [MaskColumn(table, name) for table, name, _ in columns])
-    assert (plan.strategy(0), plan.strategy(1)) == (None, "redact")
+    assert [(c.table, c.name, c.source) for c in columns] == [(UNRESOLVED_TABLE, "name", UNRESOLVED_COLUMN),
+                                                              (UNRESOLVED_TABLE, "ssn", UNRESOLVED_COLUMN)]
+    # Which column of which table each one is cannot be known: every rule applies, the strictest wins.
+    plan = Masker([MaskingRule("redact", columns=("customers.ssn",)), MaskingRule("partial", columns=("*.name",))],
+                  hash_key=b"k" * 32).plan([MaskColumn(c.table, c.name, c.source) for c in columns])
+    assert (plan.strategy(0), plan.strategy(1)) == ("redact", "redact")
+
+
+def test_a_renamed_column_reaches_the_masker_with_its_own_name(proxy: Proxy, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SELECT ssn AS x, email AS email, 1 AS ssn FROM customers WHERE id = 1").fetchone()
+    assert proxy.inspectors[-1].columns_seen[-1] == (Column("public.customers", "x", 25, "ssn"),
+                                                     Column("public.customers", "email", 25, None),
+                                                     Column(None, "ssn", 23, None))
 
 
 def test_bytes_before_the_tls_handshake_are_refused() -> None:

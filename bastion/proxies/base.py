@@ -12,15 +12,20 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from bastion.errors import BastionError
 from policies.model import StatementEffect
 
 TLS_MODES = ("disable", "require", "verify-full")
 
-Column = tuple[str | None, str, int]
-"""One result column as maskers see it: ("schema.table" or None, column name, type oid)."""
+class Column(NamedTuple):
+    """One result column as maskers see it."""
+
+    table: str | None        # "schema.table"; None for an expression; UNRESOLVED_TABLE when it cannot be named
+    name: str                # as the result names it: an alias, if the query gave one
+    type_oid: int
+    source: str | None = None  # the table column's own name, when it differs from ``name`` (or UNRESOLVED_COLUMN)
 
 
 class ProxyError(BastionError):

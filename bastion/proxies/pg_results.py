@@ -13,15 +13,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from policies.pgtypes import UNRESOLVED_TABLE
+from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
 
 from . import pg_freetext as ft
 from . import pg_handshake as hs
 from . import pgwire as w
-from .base import Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
+from .base import Column, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
 from .links import Link
 from .pg_state import Await, Pending, Result, Shape
-from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection, refuse_string_syntax
+from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableInfo, TableNames, UpstreamConnection, refuse_string_syntax
 
 MAX_SHAPES = 1024
 NOT_RUN = "not executed: an earlier message of the same pipeline failed"
@@ -257,10 +257,8 @@ class ResultRelay:
     async def _learn_shape(self, body: bytes) -> None:
         fields = w.parse_row_description(body)
         oids = {f.table_oid for f in fields if f.table_oid}
-        names = (self.tables.cached(oids) or await self.tables.resolve(oids)) if oids else {}
-        # A table the lookup could not name may be any table: table-qualified masking rules must still apply.
-        columns = tuple((names.get(f.table_oid) or UNRESOLVED_TABLE if f.table_oid else None, f.name, f.type_oid)
-                        for f in fields)
+        tables = (self.tables.cached(oids) or await self.tables.resolve(oids)) if oids else {}
+        columns = tuple(_column(f, tables.get(f.table_oid)) for f in fields)
         if len(self.shapes) >= MAX_SHAPES:
             self.shapes.clear()
         self.shapes[body] = Shape(fields, columns, self.inspector.masker_for(columns))
@@ -420,6 +418,18 @@ class ResultRelay:
         if overall != 0:
             raise NotAllowed("binary COPY output cannot be masked; use COPY ... TO STDOUT with text or csv format")
         self.copy_masking = True
+
+
+def _column(field: w.Field, table: TableInfo | None) -> Column:
+    """How maskers see one result column, given what the catalog said about its table."""
+    if not field.table_oid:
+        return Column(None, field.name, field.type_oid)  # an expression: no table, only the name it was given
+    if table is None:
+        # A table the lookup could not name may be any table, and the column any column: every rule applies.
+        return Column(UNRESOLVED_TABLE, field.name, field.type_oid, UNRESOLVED_COLUMN)
+    name, attributes = table
+    source = attributes.get(field.attnum, UNRESOLVED_COLUMN)
+    return Column(name, field.name, field.type_oid, None if source == field.name else source)
 
 
 _SIMPLE_ACKS = {w.PARSE_COMPLETE: Await.PARSE, w.BIND_COMPLETE: Await.BIND, w.CLOSE_COMPLETE: Await.CLOSE}

@@ -235,8 +235,12 @@ async def send_cancel(upstream: Upstream, pid: int, key: bytes, *, timeout: floa
             link.close()
 
 
+TableInfo = tuple[str, dict[int, str]]
+"""A table as the catalog names it: "schema.table", and its columns' names by attribute number."""
+
+
 class TableNames:
-    """Resolves table OIDs to "schema.table" over a connection of its own, cached for one session.
+    """Resolves table OIDs to "schema.table" and column names, over a connection of its own, cached for one session.
 
     The client's connection is busy streaming results, so the lookup cannot
     share it. A table created in the client's still-open transaction is not
@@ -248,19 +252,19 @@ class TableNames:
     def __init__(self, upstream: Upstream, logger: logging.LoggerAdapter) -> None:  # type: ignore[type-arg]
         self._upstream = upstream
         self._log = logger
-        self._cache: dict[int, str | None] = {}
+        self._cache: dict[int, TableInfo | None] = {}
         self._conn: UpstreamConnection | None = None
         self._lock = asyncio.Lock()
         self._broken = False
 
-    def cached(self, oids: set[int]) -> dict[int, str | None] | None:
+    def cached(self, oids: set[int]) -> dict[int, TableInfo | None] | None:
         """The names when all are already known, else None."""
         cache = self._cache
         if all(o in cache for o in oids):
             return {o: cache[o] for o in oids}
         return None
 
-    async def resolve(self, oids: set[int]) -> dict[int, str | None]:
+    async def resolve(self, oids: set[int]) -> dict[int, TableInfo | None]:
         """Names for these OIDs; None for any that cannot be resolved."""
         async with self._lock:
             missing = sorted(o for o in oids if o not in self._cache)
@@ -283,16 +287,22 @@ class TableNames:
         if self._conn is None:
             self._conn = await login(self._upstream, {"application_name": "bastion catalog"})
         conn = self._conn
+        # Column names too: a result may rename a column (SELECT email AS x), and rules name the real one.
         conn.link.write(w.query(
-            "SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c "
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname FROM pg_catalog.pg_class c "
             "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND NOT a.attisdropped "
             f"WHERE c.oid IN ({','.join(str(o) for o in oids)})"))
         while True:
             typ, body = await read_message(conn.link)
             if typ == w.DATA_ROW:
-                oid, schema, table = w.split_datarow(body, 0, len(body))
-                if oid is not None and schema is not None and table is not None:
-                    self._cache[int(oid)] = f"{schema.decode()}.{table.decode()}"
+                oid, schema, table, attnum, attname = w.split_datarow(body, 0, len(body))
+                if None not in (oid, schema, table, attnum, attname):
+                    assert oid and schema and table and attnum and attname  # for the type checker
+                    info = self._cache.get(int(oid))
+                    if info is None:
+                        info = self._cache[int(oid)] = (f"{schema.decode()}.{table.decode()}", {})
+                    info[1][int(attnum)] = attname.decode()
             elif typ == w.ERROR:
                 raise ProxyError(dict(w.parse_fields(body)).get("M", "catalog query failed"))
             elif typ == w.READY:

@@ -93,6 +93,18 @@ def test_sql_json_masks_email_and_card(alice: Client) -> None:
     assert set(statement["masked_columns"]) == {"email", "card"}  # name was checked, and left alone
 
 
+def test_a_renamed_column_is_masked_as_the_column_it_is(alice: Client) -> None:
+    # The rule says *.email; the result calls the column "contact" (and a view would too).
+    result = alice.ssh("alice", "sql", "pg-shop", "--format", "json",
+                       "select email as contact, name as email from customers order by id")
+    assert result.returncode == 0, result.stderr
+    [statement] = json.loads(result.stdout)
+    assert [r["contact"] for r in statement["rows"]] == ["****@example.com", "****@example.org"]
+    assert "ada@" not in result.stdout and "bob@" not in result.stdout
+    # A column merely named like a rule's is masked too: more, never less.
+    assert [r["email"] for r in statement["rows"]] == ["[REDACTED]", "[REDACTED]"]  # partial of a short name
+
+
 def test_denied_statement_exits_3_and_is_audited(alice: Client, shop: Bastion) -> None:
     result = alice.ssh("alice", "sql", "pg-shop", "DELETE FROM customers")
     assert result.returncode == 3
