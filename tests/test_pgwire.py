@@ -83,6 +83,15 @@ def test_frames_and_lengths() -> None:
         hs.startup_length(b"\x16\x03\x01\x02")
 
 
+def test_strings_that_are_not_utf8_are_refused_except_in_prose() -> None:
+    for body in (b"\x88\x9f\0SELECT 1\0\0\0", b"s\0SELECT '\xff'\0\0\0"):
+        with pytest.raises(w.ProtocolError, match="not valid UTF-8"):
+            w.parse_parse(body)
+    with pytest.raises(w.ProtocolError, match="not valid UTF-8"):
+        w.parse_query(b"SELECT '\xc3'\0")
+    assert w.parse_fields(b"Mbad \xff byte\0\0") == [("M", "bad \ufffd byte")]  # an error's text, for people
+
+
 def test_round_trips() -> None:
     bind = w.parse_bind(w.bind_message("p", "s", (b"1", None), (1,), (0, 1))[5:])
     assert bind == w.Bind("p", "s", (1,), (b"1", None), (0, 1))

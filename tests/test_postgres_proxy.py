@@ -621,14 +621,74 @@ def test_a_statement_parsed_after_code_ran_in_its_batch_must_read_alike_either_w
     assert w.split_datarow(rows[2], 0, len(rows[2])) == [b"on"]
 
 
-def test_a_query_after_code_ran_in_its_batch_must_read_alike_and_its_refusal_rolls_back(
+def test_a_query_inside_an_unfinished_batch_is_refused_and_the_batch_rolled_back(
         proxy: Proxy, proxy_loop: ProxyLoop) -> None:
-    replies = proxy_loop.call(_raw_session(proxy.port, _run(SET_OFF) + w.query("SELECT 'a\\b'")
-                                           + w.query("SHOW standard_conforming_strings"), until=2))
+    # A server would run it after what the batch ran, which may have changed how it reads SQL; and no
+    # driver sends one there. Refused as a failure of the batch: what the batch ran is rolled back.
+    replies = proxy_loop.call(_raw_session(proxy.port, _run(SET_OFF) + w.query("SELECT 1") + w.query("SELECT 2")
+                                           + w.SYNC_MESSAGE + w.query("SHOW standard_conforming_strings"), until=2))
     assert [t for t, _ in replies] == ["1", "2", "D", "C", "E", "Z", "T", "D", "C", "Z"]
-    assert "same batch" in dict(w.parse_fields(replies[4][1]))["M"]
+    assert "inside an unfinished extended-protocol batch" in dict(w.parse_fields(replies[4][1]))["M"]
     rows = _data_rows(replies)
     assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"on"]
+
+
+def test_a_refused_statement_then_a_query_then_sync_is_answered(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # The Query is discarded with the rest of the failed batch, as a server would: the Sync still gets its answer.
+    call = w.message(w.FUNCTION_CALL, (1247).to_bytes(4, "big") + b"\0\0" + b"\0\0" + b"\0\0")
+    for extra in (w.query("SELECT 1"), call):
+        replies = proxy_loop.call(_raw_session(proxy.port, _run("DELETE FROM kv") + extra + w.SYNC_MESSAGE
+                                               + w.query("SELECT 2"), until=2), timeout=10)
+        assert [t for t, _ in replies] == ["E", "Z", "T", "D", "C", "Z"]
+
+
+def test_a_refused_function_call_inside_a_batch_rolls_the_batch_back(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    call = w.message(w.FUNCTION_CALL, (1247).to_bytes(4, "big") + b"\0\0" + b"\0\0" + b"\0\0")
+    replies = proxy_loop.call(_raw_session(proxy.port, _run("INSERT INTO kv VALUES (9101, 'x')") + call
+                                           + w.SYNC_MESSAGE + w.query("SELECT count(*) FROM kv WHERE k = 9101"),
+                                           until=2))
+    assert [t for t, _ in replies] == ["1", "2", "C", "E", "Z", "T", "D", "C", "Z"]
+    assert _data_rows(replies)[-1].endswith(b"0")
+
+
+def test_simple_copy_in_lets_only_its_data_through_until_its_ready_for_query(proxy: Proxy,
+                                                                             proxy_loop: ProxyLoop) -> None:
+    # The Query that ran set_config() (a trigger on the COPY's table could too) reports the change only with
+    # its ReadyForQuery, after the COPY: the statement pipelined behind the COPY must wait for it.
+    copy = (w.query(f"{SET_OFF}; COPY kv FROM STDIN") + w.message(w.COPY_DATA, b"9201\tx\n")
+            + w.message(w.COPY_DONE) + w.query("SELECT 'a\\b'"))
+    with pytest.raises(asyncio.IncompleteReadError):
+        proxy_loop.call(_raw_session(proxy.port, copy, until=2))
+    assert "SELECT 'a\\b'" not in proxy.inspectors[-1].checked  # never judged, never sent: the session ended first
+
+
+def test_names_that_are_not_utf8_end_the_session(proxy: Proxy) -> None:
+    # Decoded leniently, b"\x88\x9f" and b"\x88\xa0" were one name here and two to a server reading SJIS.
+    with socket.socket() as sock:
+        sock.connect(("127.0.0.1", proxy.port))
+        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
+        buf = b""
+        while not buf.endswith(w.ready_for_query(b"I")):
+            buf += sock.recv(65536)
+        sock.sendall(w.message(w.PARSE, b"\x88\x9f\0SELECT 1\0\0\0") + w.SYNC_MESSAGE)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert b"not valid UTF-8" in answer and w.ready_for_query(b"I") not in answer
+
+
+def test_extended_copy_in_as_libpq_sends_it(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # libpq sends Sync right after the Execute; a server in copy-in mode ignores it, so the batch ends only at
+    # the Sync after CopyDone. And that batch ran code: a Parse after the COPY must still read alike.
+    copy = _run("COPY kv FROM STDIN") + w.SYNC_MESSAGE + w.message(w.COPY_DATA, b"9301\tx\n") + w.message(w.COPY_DONE)
+    replies = proxy_loop.call(_raw_session(proxy.port, copy + w.SYNC_MESSAGE + w.query("SELECT 42"), until=2))
+    assert [t for t, _ in replies] == ["1", "2", "G", "C", "Z", "T", "D", "C", "Z"]
+    replies = proxy_loop.call(_raw_session(proxy.port, _run(SET_OFF) + copy.replace(b"9301", b"9302")
+                                           + _run("SELECT 'a\\b'") + w.SYNC_MESSAGE
+                                           + w.query("SELECT count(*) FROM kv WHERE k = 9302"), until=2))
+    assert [t for t, _ in replies] == ["1", "2", "D", "C", "1", "2", "G", "C", "E", "Z", "T", "D", "C", "Z"]
+    assert "same batch" in dict(w.parse_fields(replies[8][1]))["M"]
+    assert _data_rows(replies)[-1].endswith(b"0")  # the refusal rolled the batch back, COPY included
 
 
 def test_a_statement_after_code_ran_in_its_batch_that_reads_alike_passes(proxy: Proxy,

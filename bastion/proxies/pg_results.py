@@ -243,7 +243,10 @@ class ResultRelay:
             self._learning = None
 
     def batch_done(self) -> None:
-        """The target answered a batch with ReadyForQuery, or is ready for COPY data (the session relays on)."""
+        """The target answered a batch with ReadyForQuery (the session relays the next one)."""
+
+    def copy_in_started(self, head: Pending) -> None:
+        """The target reads COPY data for ``head`` now (the session lets it through)."""
 
     def finish(self, error: BaseException | None = None) -> None:
         """End the session: normally, or with the error that ended it (the session's run() raises it)."""
@@ -336,7 +339,7 @@ class ResultRelay:
                 raise NotAllowed(str(e)) from e  # statements after this point would be misread: end the session
             return None
         if typ == w.COPY_IN:
-            self.batch_done()  # the client's COPY data must flow before the batch can end
+            self.copy_in_started(self._head(Await.EXECUTE, Await.QUERY))
             return None
         if typ in (w.PARAM_DESCRIPTION, w.FUNCTION_RESULT):
             return None

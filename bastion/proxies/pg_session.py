@@ -29,8 +29,13 @@ from .pg_upstream import UpstreamConnection
 
 SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
 SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
-_BATCH_ENDS = frozenset({w.QUERY, w.SYNC, w.FUNCTION_CALL})  # each gets one ReadyForQuery (a refused one too)
+# What a server in copy-in mode takes; it ignores Sync and Flush there, and ends the COPY on anything else.
+_COPY_TRAFFIC = frozenset({w.COPY_DATA, w.COPY_DONE, w.COPY_FAIL, w.SYNC, w.FLUSH})
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
+QUERY_IN_BATCH = StatementVerdict(
+    StatementEffect.DENY, "bastion", "a simple Query may not come inside an unfinished extended-protocol batch; "
+    "send Sync first")
+_EXTENDED = frozenset({w.PARSE, w.BIND, w.DESCRIBE, w.EXECUTE, w.CLOSE})
 AFTER_CODE_RAN = StatementVerdict(
     StatementEffect.DENY, "bastion",
     "it follows a Bind or Execute in the same batch, which may have run a function that changed how the server "
@@ -62,11 +67,14 @@ class PgSession(ResultRelay):
         # trigger's, a domain check's, one folded by the planner), and a function can change how the server
         # reads SQL with set_config(). PostgreSQL says so only at Sync, so what is parsed before must read alike.
         self.batch_ran_code = False
+        self.batch_open = False      # an extended-protocol message was forwarded since the last Sync
         self.poison = f"bastion-refused-{secrets.token_hex(8)}"  # a statement name that never exists
         self.terminated = False
         self._client_buf = Gather()
         self._client_holds: set[str] = set()  # why the client's reading is paused: "target"/"client" full, "ready"
         self._awaiting_ready = False  # a batch (Query, Sync) was forwarded and its ReadyForQuery has not come
+        self._copy_in = False         # the target reads COPY data, until the client's CopyDone or CopyFail
+        self._copy_ends = 0           # CopyDone and CopyFail messages forwarded, to place them among Executes
         self.client_consumer: Callable[[bytes], None] = self._client_data  # as run() guards it
 
     async def run(self) -> None:
@@ -115,7 +123,7 @@ class PgSession(ResultRelay):
         out: list[bytes] = []
         seg = 0
         for typ, start, end in msgs:
-            if self._awaiting_ready:
+            if self._awaiting_ready and not (self._copy_in and typ in _COPY_TRAFFIC):
                 # One batch at a time: a statement may change how the server reads the next one (a function
                 # that calls set_config(), say), and the target says so only with its ReadyForQuery.
                 rest = start - 5
@@ -128,8 +136,6 @@ class PgSession(ResultRelay):
                 out.append(buf[seg:start - 5])
                 out.append(repl)
                 seg = end
-            if typ in _BATCH_ENDS:
-                self._awaiting_ready = True
             if self.terminated:
                 rest = end
                 break
@@ -147,10 +153,26 @@ class PgSession(ResultRelay):
                 link.when_writable(functools.partial(self._release_client, side))
 
     def batch_done(self) -> None:
-        """The target is ready for the next batch (or takes COPY data now): relay what waited for it."""
+        """The target is ready for the next batch: relay what waited for it."""
         if not self._awaiting_ready:
             return
         self._awaiting_ready = False
+        if "ready" in self._client_holds:
+            self._release_client("ready")
+
+    def copy_in_started(self, head: Pending) -> None:
+        """The target reads COPY data for ``head``: let the client's through, and nothing else until it ends."""
+        if self._copy_ends > head.copy_ends:
+            return  # the client's CopyDone or CopyFail went ahead of this answer: the COPY is over for it
+        self._copy_in = True
+        pending = self.pending
+        if head.kind is Await.EXECUTE and len(pending) > 1 and pending[1].kind is Await.SYNC:
+            # The client's Sync after this Execute reached a server in copy-in mode, which ignores it: that
+            # batch goes on, its ReadyForQuery owed only after the client's next Sync. So it goes on here too.
+            del pending[1]
+            self.batch_ran_code = self.batch_open = True
+            self.batch_executes = max(self.batch_executes, 1)
+            self._awaiting_ready = False
         if "ready" in self._client_holds:
             self._release_client("ready")
 
@@ -168,8 +190,15 @@ class PgSession(ResultRelay):
 
     def _client_message(self, typ: int, body: bytes) -> bytes | None:
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
+        if self._copy_in and typ in (w.SYNC, w.FLUSH):
+            return None  # a server in copy-in mode ignores both: nothing ends, nothing is answered
+        if typ in (w.COPY_DONE, w.COPY_FAIL):
+            self._copy_in = False
+            self._copy_ends += 1
         if self.discarding and typ not in (w.SYNC, w.TERMINATE):
             return b""
+        if typ in _EXTENDED:
+            self.batch_open = True
         if typ == w.PARSE:
             return self._on_parse(body)
         if typ == w.BIND:
@@ -190,10 +219,10 @@ class PgSession(ResultRelay):
                 self.push(Pending(Await.DESCRIBE_P, portal=portal))
             return None
         if typ == w.SYNC:
-            self.discarding = False
+            self.discarding = self.batch_open = self.batch_ran_code = False
             self.batch_executes = 0
-            self.batch_ran_code = False
             self.push(Pending(Await.SYNC))
+            self._awaiting_ready = True
             return None
         if typ == w.QUERY:
             return self._on_query(body)
@@ -213,8 +242,11 @@ class PgSession(ResultRelay):
         if typ == w.FUNCTION_CALL:
             verdict = StatementVerdict(StatementEffect.DENY, "bastion",
                                        "fast-path function calls cannot be inspected")
+            if self.batch_open:
+                return self._refuse_extended(self.refuse("<function call>", verdict))
             self.local(self.refuse("<function call>", verdict))
             self.push(Pending(Await.SYNC))
+            self._awaiting_ready = True
             return w.SYNC_MESSAGE
         raise w.ProtocolError(f"unexpected message type {chr(typ)!r} from the client")
 
@@ -225,32 +257,31 @@ class PgSession(ResultRelay):
             self.log.exception("the inspector failed; the statement is refused")
             return StatementVerdict(StatementEffect.DENY, "bastion", "the statement could not be checked")
 
-    def _check_in_batch(self, sql: str, *, extended: bool = False) -> StatementVerdict:
+    def _check_parse(self, sql: str) -> StatementVerdict:
         if self.batch_ran_code and not reads_alike_under_any_string_syntax(sql):
             return AFTER_CODE_RAN
-        return self._check(sql, extended=extended)
+        return self._check(sql, extended=True)
 
     def _on_query(self, body: bytes) -> bytes | None:
         sql = w.parse_query(body)
-        verdict = self._check_in_batch(sql)
-        executes, self.batch_executes, self.batch_ran_code = self.batch_executes, 0, False
+        if self.batch_open:
+            # The server would run it inside that batch, after whatever the batch ran, and answer it only if
+            # nothing in the batch failed: no driver does this, and a proxy cannot follow it. As if it failed.
+            return self._refuse_extended(self.refuse(sql, QUERY_IN_BATCH))
+        verdict = self._check(sql)
+        self._awaiting_ready = True
         if verdict.allowed:
-            self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic()))
+            self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic(),
+                              copy_ends=self._copy_ends))
             return None
-        reply = self.refuse(sql, verdict)
-        if executes:
-            # A Query ends the extended batch before it; failing, it would roll back what that batch ran.
-            self.push(Pending(Await.DESCRIBE_S, internal=True, reply=reply))
-            self.push(Pending(Await.SYNC))
-            return w.describe_message("S", self.poison) + w.SYNC_MESSAGE
-        self.local(reply)
+        self.local(self.refuse(sql, verdict))
         # A Sync instead of the Query: the target answers with ReadyForQuery and its true status.
         self.push(Pending(Await.SYNC))
         return w.SYNC_MESSAGE
 
     def _on_parse(self, body: bytes) -> bytes | None:
         name, sql, oids = w.parse_parse(body)
-        verdict = self._check_in_batch(sql, extended=True)
+        verdict = self._check_parse(sql)
         if verdict.allowed:
             # A statement that ran on an approval is bound once: the approval covers one execution.
             statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
@@ -308,7 +339,7 @@ class PgSession(ResultRelay):
             self.push(Pending(Await.DESCRIBE_P, portal=portal, internal=True))
             inject = w.describe_message("P", name)
         self.push(Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
-                          params=portal.params, started=time.monotonic()))
+                          params=portal.params, started=time.monotonic(), copy_ends=self._copy_ends))
         self.batch_executes += 1
         self.batch_ran_code = True
         return inject + w.message(w.EXECUTE, body) if inject else None

@@ -73,6 +73,11 @@ class Cursor:
         return value
 
     def text(self) -> str:
+        """A string field: names, SQL, settings. UTF-8 or refused, never guessed at (see :func:`utf8`)."""
+        return utf8(self.cstring())
+
+    def prose(self) -> str:
+        """A string field meant for people (error and notice texts): what is not UTF-8 is replaced."""
         return self.cstring().decode("utf-8", "replace")
 
     def done(self) -> None:
@@ -132,12 +137,25 @@ class Bind:
     result_formats: tuple[int, ...]
 
 
+def utf8(raw: bytes) -> str:
+    """Bytes both ends exchange as UTF-8 (the proxy pins client_encoding), decoded strictly.
+
+    Replacing bad bytes would make two statement names that differ only there
+    one name here and two to the server; and a server that sends something else
+    has left UTF-8 behind, which must end the session, not be read around.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("a string in the message is not valid UTF-8") from None
+
+
 def parse_query(body: bytes) -> str:
     """The SQL of a Query message (or any message that is one string)."""
     last = len(body) - 1
     if last < 0 or body[last] != 0 or body.find(b"\0", 0, last) >= 0:
         raise ProtocolError("a string message must hold exactly one NUL-terminated string")
-    return body[:last].decode("utf-8", "replace")
+    return utf8(body[:last])
 
 
 def parse_parse(body: bytes) -> tuple[str, str, tuple[int, ...]]:
@@ -384,7 +402,7 @@ def parse_fields(body: bytes) -> list[tuple[str, str]]:
         code = cur.take(1)
         if code == b"\0":
             break
-        fields.append((code.decode("latin-1"), cur.text()))
+        fields.append((code.decode("latin-1"), cur.prose()))
     cur.done()
     return fields
 
