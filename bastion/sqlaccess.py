@@ -151,6 +151,11 @@ class PolicyInspector:
         except SqlError as e:
             return StatementVerdict(StatementEffect.DENY, "unparsable",
                                     f"the SQL could not be parsed, so it is not allowed ({e}); check the syntax")
+        if self._masker is not None and self._masker.by_column and any("copy_to" in s.kinds for s in statements):
+            # COPY's output is lines without columns: only detectors could run over them, not column rules.
+            return StatementVerdict(StatementEffect.DENY, "masking",
+                                    f"policy {self._policy.name} masks by column, which COPY ... TO output "
+                                    "cannot honour; SELECT the rows instead (results are masked there)")
         verdict = evaluate(self._policy.guardrails, statements)
         if verdict.effect is StatementEffect.REVIEW:
             held = self._held(sql, verdict, extended=extended)

@@ -307,6 +307,11 @@ class Masker:
         # Sorted, so that the order of findings (and of ColumnPlan.detectors) does not depend on the rules' order.
         return _Scan(tuple((self._detectors[n], wanted[n]) for n in sorted(wanted)), self._strategies)
 
+    @property
+    def by_column(self) -> bool:
+        """True when some rule applies by column: output without columns (COPY lines) cannot honour it."""
+        return bool(self._column_rules or self._scoped)
+
     def plan(self, columns: Sequence[Column]) -> ColumnPlan:
         """Decide, once per result shape, what masking does to each column."""
         key = tuple(columns)

@@ -662,6 +662,46 @@ def test_simple_copy_in_lets_only_its_data_through_until_its_ready_for_query(pro
     assert "SELECT 'a\\b'" not in proxy.inspectors[-1].checked  # never judged, never sent: the session ended first
 
 
+def test_a_copy_that_fails_ends_copy_in_for_the_proxy_too(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # Bad data ends the COPY at the server at once. A Sync the client sends meanwhile must not be relayed as
+    # if the server were still ignoring it: answered late, it would shift every response after it.
+    bad = w.query("COPY kv FROM STDIN") + w.message(w.COPY_DATA, b"not-a-number\tx\n") + w.SYNC_MESSAGE
+    replies = proxy_loop.call(_raw_session(proxy.port, bad + w.query("SELECT 1"), until=2))
+    assert [t for t, _ in replies] == ["G", "E", "Z", "T", "D", "C", "Z"]
+    # And the statement after it still waits for the ReadyForQuery that reports a settings change.
+    with pytest.raises(asyncio.IncompleteReadError):
+        proxy_loop.call(_raw_session(proxy.port, bad + w.query(SET_OFF) + w.query("SELECT 'a\\b'"), until=3))
+    assert "SELECT 'a\\b'" not in proxy.inspectors[-1].checked
+
+
+def test_one_query_with_two_copies_in(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    data = w.message(w.COPY_DATA, b"9401\tx\n") + w.message(w.COPY_DONE)
+    replies = proxy_loop.call(_raw_session(proxy.port, w.query("COPY kv FROM STDIN; COPY kv FROM STDIN") + data
+                                           + data.replace(b"9401", b"9402"), until=1), timeout=10)
+    assert [t for t, _ in replies] == ["G", "C", "G", "C", "Z"]
+
+
+def test_a_non_ascii_name_after_code_ran_in_its_batch_is_refused(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # After set_config('client_encoding', 'SJIS') in a function, the server would read these bytes as
+    # another name (UTF-8 "\u00a1" is SJIS "\uff82\uff61"), and run a statement we did not describe.
+    prepare = w.parse_message("\u00a1", "SELECT 1") + w.SYNC_MESSAGE
+    replies = proxy_loop.call(_raw_session(proxy.port, prepare + _run("SELECT 2") + w.bind_message("", "\u00a1")
+                                           + w.execute_message() + w.SYNC_MESSAGE, until=2))
+    assert [t for t, _ in replies] == ["1", "Z", "1", "2", "D", "C", "E", "Z"]
+    assert "non-ASCII" in dict(w.parse_fields(replies[6][1]))["M"]
+
+
+def test_a_statement_redefined_in_sql_is_masked_by_what_it_now_returns(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # The proxy remembered s as a harmless text column; SQL replaced it behind the protocol's back.
+    messages = (w.parse_message("s", "SELECT 'x'::text AS n") + w.describe_message("S", "s") + w.SYNC_MESSAGE
+                + w.query("DEALLOCATE s") + w.query("PREPARE s AS SELECT email FROM customers WHERE id = 1")
+                + w.bind_message("", "s") + w.execute_message() + w.SYNC_MESSAGE
+                + w.bind_message("p", "s") + w.describe_message("P", "p") + w.execute_message("p") + w.SYNC_MESSAGE)
+    replies = proxy_loop.call(_raw_session(proxy.port, messages, until=5))
+    rows = _data_rows(replies)
+    assert len(rows) == 2 and not any(b"ada@example.com" in row for row in rows)
+
+
 def test_names_that_are_not_utf8_end_the_session(proxy: Proxy) -> None:
     # Decoded leniently, b"\x88\x9f" and b"\x88\xa0" were one name here and two to a server reading SJIS.
     with socket.socket() as sock:

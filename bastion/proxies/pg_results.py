@@ -248,6 +248,9 @@ class ResultRelay:
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head`` now (the session lets it through)."""
 
+    def copy_in_ended(self) -> None:
+        """The target does not read COPY data (any more): it completed, failed, or never was one."""
+
     def finish(self, error: BaseException | None = None) -> None:
         """End the session: normally, or with the error that ended it (the session's run() raises it)."""
         done = self.done
@@ -281,14 +284,10 @@ class ResultRelay:
         return b"" if head.internal else None
 
     def _begin_rows(self) -> Result:
-        head = self._head(Await.EXECUTE)
-        portal = head.portal
-        if portal is not None and portal.shape is not None:
-            self.result = portal.shape.as_described
-        elif portal is not None and portal.statement is not None and portal.statement.shape is not None:
-            self.result = Result.of(portal.statement.shape, portal.formats)
-        else:
+        portal = self._head(Await.EXECUTE).portal
+        if portal is None or portal.shape is None:  # the session describes every portal it executes
             raise LostTrack("rows arrived for a result the proxy could not describe")
+        self.result = portal.shape.as_described
         return self.result
 
     def _mask_row(self, result: Result, buf: bytes, start: int, end: int) -> bytes | None:
@@ -312,6 +311,7 @@ class ResultRelay:
         """Track and rewrite one response other than rows and row descriptions."""
         if typ == w.COMMAND_COMPLETE:
             self.result, self.copy_masking = None, False
+            self.copy_in_ended()
             head = self._head(Await.QUERY, Await.EXECUTE)
             head.tags.append(w.parse_tag(body))
             if head.kind is Await.EXECUTE:
@@ -319,6 +319,7 @@ class ResultRelay:
             return None
         if typ == w.READY:
             self.result, self.copy_masking = None, False
+            self.copy_in_ended()
             self._ready()
             self.batch_done()
             return None
@@ -392,6 +393,7 @@ class ResultRelay:
             self._finish(head)
 
     def _error(self, body: bytes) -> bytes | None:
+        self.copy_in_ended()  # an error ends a COPY at once, before the client's CopyDone or CopyFail
         fields = w.parse_fields(body)
         masked = ft.mask_field_values(fields, self.free)
         text = dict(masked).get("M", "")

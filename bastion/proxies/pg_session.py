@@ -36,6 +36,10 @@ QUERY_IN_BATCH = StatementVerdict(
     StatementEffect.DENY, "bastion", "a simple Query may not come inside an unfinished extended-protocol batch; "
     "send Sync first")
 _EXTENDED = frozenset({w.PARSE, w.BIND, w.DESCRIBE, w.EXECUTE, w.CLOSE})
+NAME_AFTER_CODE = StatementVerdict(
+    StatementEffect.DENY, "bastion",
+    "it names a statement or portal in non-ASCII after a Bind or Execute in the same batch, which may have "
+    "changed client_encoding and with it which name the server reads; send it after a Sync, or use ASCII names")
 AFTER_CODE_RAN = StatementVerdict(
     StatementEffect.DENY, "bastion",
     "it follows a Bind or Execute in the same batch, which may have run a function that changed how the server "
@@ -162,8 +166,10 @@ class PgSession(ResultRelay):
 
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head``: let the client's through, and nothing else until it ends."""
-        if self._copy_ends > head.copy_ends:
-            return  # the client's CopyDone or CopyFail went ahead of this answer: the COPY is over for it
+        if head.kind is Await.EXECUTE and self._copy_ends > head.copy_ends:
+            # The client's CopyDone or CopyFail went ahead of this answer: the COPY is over for it. (Not after
+            # a Query, whose COPY messages wait for this answer: one Query may hold several COPYs.)
+            return
         self._copy_in = True
         pending = self.pending
         if head.kind is Await.EXECUTE and len(pending) > 1 and pending[1].kind is Await.SYNC:
@@ -175,6 +181,10 @@ class PgSession(ResultRelay):
             self._awaiting_ready = False
         if "ready" in self._client_holds:
             self._release_client("ready")
+
+    def copy_in_ended(self) -> None:
+        """The target left copy-in mode (the COPY completed or failed): what follows is not COPY data."""
+        self._copy_in = False
 
     def _hold_client(self, why: str) -> None:
         if not self._client_holds:
@@ -191,7 +201,7 @@ class PgSession(ResultRelay):
     def _client_message(self, typ: int, body: bytes) -> bytes | None:
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
         if self._copy_in and typ in (w.SYNC, w.FLUSH):
-            return None  # a server in copy-in mode ignores both: nothing ends, nothing is answered
+            return b""  # a server in copy-in mode ignores both; one that has just left it must not answer late
         if typ in (w.COPY_DONE, w.COPY_FAIL):
             self._copy_in = False
             self._copy_ends += 1
@@ -207,16 +217,12 @@ class PgSession(ResultRelay):
             return self._on_execute(body)
         if typ == w.DESCRIBE:
             kind, name = w.parse_target(body)
+            if self._misread(name):
+                return self._refuse_extended(self.refuse(f"<describe {name}>", NAME_AFTER_CODE))
             if kind == "S":
-                statement = self.statements.get(name)
-                if statement is not None:
-                    statement.described = True
-                self.push(Pending(Await.DESCRIBE_S, statement=statement))
+                self.push(Pending(Await.DESCRIBE_S, statement=self.statements.get(name)))
             else:
-                portal = self.portals.get(name)
-                if portal is not None:
-                    portal.described = True
-                self.push(Pending(Await.DESCRIBE_P, portal=portal))
+                self.push(Pending(Await.DESCRIBE_P, portal=self.portals.get(name)))
             return None
         if typ == w.SYNC:
             self.discarding = self.batch_open = self.batch_ran_code = False
@@ -228,6 +234,8 @@ class PgSession(ResultRelay):
             return self._on_query(body)
         if typ == w.CLOSE:
             kind, name = w.parse_target(body)
+            if self._misread(name):
+                return self._refuse_extended(self.refuse(f"<close {name}>", NAME_AFTER_CODE))
             if kind == "S":
                 self.statements.pop(name, None)
             else:
@@ -279,9 +287,13 @@ class PgSession(ResultRelay):
         self.push(Pending(Await.SYNC))
         return w.SYNC_MESSAGE
 
+    def _misread(self, *names: str) -> bool:
+        """True when the server may read one of these names otherwise than we do (see NAME_AFTER_CODE)."""
+        return self.batch_ran_code and not all(name.isascii() for name in names)
+
     def _on_parse(self, body: bytes) -> bytes | None:
         name, sql, oids = w.parse_parse(body)
-        verdict = self._check_parse(sql)
+        verdict = NAME_AFTER_CODE if self._misread(name) else self._check_parse(sql)
         if verdict.allowed:
             # A statement that ran on an approval is bound once: the approval covers one execution.
             statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
@@ -298,6 +310,8 @@ class PgSession(ResultRelay):
 
     def _on_bind(self, body: bytes) -> bytes | None:
         bind = w.parse_bind(body)
+        if self._misread(bind.portal, bind.statement):
+            return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", NAME_AFTER_CODE))
         statement = self.statements.get(bind.statement)
         if statement is None:
             verdict = StatementVerdict(StatementEffect.DENY, "bastion",
@@ -328,21 +342,21 @@ class PgSession(ResultRelay):
 
     def _on_execute(self, body: bytes) -> bytes | None:
         name, _ = w.parse_execute(body)
+        if self._misread(name):
+            return self._refuse_extended(self.refuse(f"<execute {name}>", NAME_AFTER_CODE))
         portal = self.portals.get(name)
         if portal is None:
             # A cursor DECLAREd in SQL (that statement passed inspection) can be fetched with Execute.
             portal = Portal(f"<cursor {name}>", CURSOR_VERDICT, None)
-        inject = b""
-        if not portal.described and not (portal.statement is not None and portal.statement.described):
-            # Rows cannot be masked without their columns: ask the target, keep the answer to ourselves.
-            portal.described = True
-            self.push(Pending(Await.DESCRIBE_P, portal=portal, internal=True))
-            inject = w.describe_message("P", name)
+        # Rows are masked by the columns the target states for this very portal, asked right before it runs
+        # (the answer stays with us): SQL can redefine a name behind our back (DEALLOCATE and PREPARE,
+        # CLOSE and DECLARE), and the shape remembered for it would then mask the wrong columns.
+        self.push(Pending(Await.DESCRIBE_P, portal=portal, internal=True))
         self.push(Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
                           params=portal.params, started=time.monotonic(), copy_ends=self._copy_ends))
         self.batch_executes += 1
         self.batch_ran_code = True
-        return inject + w.message(w.EXECUTE, body) if inject else None
+        return w.describe_message("P", name) + w.message(w.EXECUTE, body)
 
     # ---- refusals ---------------------------------------------------------------------------
 

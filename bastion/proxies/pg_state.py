@@ -48,7 +48,6 @@ class Statement:
     sql: str
     verdict: StatementVerdict
     param_oids: tuple[int, ...] = ()  # as the client declared them in Parse (0 = let the server infer)
-    described: bool = False          # a Describe(statement) was forwarded
     shape: Shape | None = None       # its result columns, once the target described them
     binds_left: int | None = None    # approved through a request: how many more Binds it may have
 
@@ -62,7 +61,6 @@ class Portal:
     statement: Statement | None
     params: tuple[str | None, ...] = ()
     formats: tuple[int, ...] = ()    # Bind's result format codes
-    described: bool = False
     shape: Shape | None = None       # from Describe(portal): its formats are the real ones
 
 

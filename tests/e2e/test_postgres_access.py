@@ -105,6 +105,15 @@ def test_a_renamed_column_is_masked_as_the_column_it_is(alice: Client) -> None:
     assert [r["email"] for r in statement["rows"]] == ["[REDACTED]", "[REDACTED]"]  # partial of a short name
 
 
+def test_copy_out_is_refused_where_masking_goes_by_column(alice: Client) -> None:
+    # COPY lines have no columns: *.email could not be honoured there.
+    for sql in ("COPY customers TO STDOUT", "COPY (SELECT email FROM customers) TO STDOUT WITH (FORMAT csv)"):
+        result = alice.ssh("alice", "sql", "pg-shop", sql)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert "SELECT the rows instead" in result.stdout + result.stderr
+        assert "ada@" not in result.stdout + result.stderr
+
+
 def test_denied_statement_exits_3_and_is_audited(alice: Client, shop: Bastion) -> None:
     result = alice.ssh("alice", "sql", "pg-shop", "DELETE FROM customers")
     assert result.returncode == 3
