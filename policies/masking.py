@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from .detectors import BUILTIN_DETECTORS, BUILTINS, EMAIL, Detector, DetectorError, custom_detector
+from .detectors import BUILTIN_DETECTORS, BUILTINS, EMAIL, Detector, DetectorError, custom_detector, is_email_bytes
 from .model import MaskingRule
 from .pgtypes import ColumnGlob, compile_glob, is_json, looks_like_json, mask_error_details, mask_json_text
 
@@ -118,24 +118,13 @@ class _Whole:
                 return _REDACTED_BYTES
             if self.strategy == "hash":
                 return self._strategies.hash_bytes(value).encode()
-            if b"@" in value and _is_email_cell(value):
+            if b"@" in value and is_email_bytes(value):
                 return _PARTIAL_EMAIL + value.rpartition(b"@")[2]  # what partial() gives, without the round trip
         return _encode(self.text(value.decode("utf-8", "surrogateescape")))
 
 
 def _is_email(value: str) -> bool:
     return EMAIL.fullmatch(value) is not None
-
-
-# The same pattern over bytes. On ASCII input it matches exactly where the str pattern does (Unicode
-# classes agree with ASCII ones on ASCII characters), without decoding every cell of a bulk result.
-_EMAIL_ASCII = re.compile(EMAIL.pattern.encode("ascii"))
-
-
-def _is_email_cell(value: bytes) -> bool:
-    if value.isascii():
-        return _EMAIL_ASCII.fullmatch(value) is not None
-    return _is_email(value.decode("utf-8", "surrogateescape"))
 
 
 class _Scan:

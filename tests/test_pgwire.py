@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bastion.devdb import PgServer
 from bastion.proxies import pg_handshake as hs
+from bastion.proxies import pg_rows
 from bastion.proxies import pgwire as w
 from bastion.proxies.base import StatementEvent, StatementVerdict, Upstream
 from policies.model import StatementEffect
@@ -26,7 +27,7 @@ pytest_plugins = ["pg_fixtures"]
 PARSERS: list[Callable[[bytes], Any]] = [
     hs.parse_startup, w.parse_query, w.parse_parse, w.parse_bind, w.parse_target, w.parse_execute,
     w.parse_row_description, w.parse_fields, w.parse_tag, w.parse_copy_response, hs.parse_backend_key,
-    hs.parse_parameter_status, hs.parse_sasl_mechanisms, lambda b: w.split_datarow(b, 0, len(b)),
+    hs.parse_parameter_status, hs.parse_sasl_mechanisms, lambda b: pg_rows.split_datarow(b, 0, len(b)),
     lambda b: w.frames(b, 0, 1 << 20), lambda b: hs.startup_length(b[:4]), lambda b: hs.parse_int32s(b, 2),
 ]
 
@@ -38,7 +39,7 @@ VALID = [
     w.bind_message("p", "s1", (b"42", None), (0,), (1,))[5:],
     w.describe_message("S", "s1")[5:],
     w.execute_message("p", 10)[5:],
-    w.build_datarow([b"a", None, b""])[5:],
+    pg_rows.build_datarow([b"a", None, b""])[5:],
     w.error_response("42501", "no", detail="d")[5:],
     (1).to_bytes(2, "big") + b"id\0" + struct.pack("!ihihih", 16384, 1, 23, 4, -1, 0),  # RowDescription body
 ]
@@ -95,8 +96,8 @@ def test_strings_that_are_not_utf8_are_refused_except_in_prose() -> None:
 def test_round_trips() -> None:
     bind = w.parse_bind(w.bind_message("p", "s", (b"1", None), (1,), (0, 1))[5:])
     assert bind == w.Bind("p", "s", (1,), (b"1", None), (0, 1))
-    row = w.build_datarow([b"x", None, b""])
-    assert w.split_datarow(row, 5, len(row)) == [b"x", None, b""]
+    row = pg_rows.build_datarow([b"x", None, b""])
+    assert pg_rows.split_datarow(row, 5, len(row)) == [b"x", None, b""]
     assert w.parse_fields(w.error_response("08P01", "bad", hint="h")[5:]) == [
         ("S", "ERROR"), ("V", "ERROR"), ("C", "08P01"), ("M", "bad"), ("H", "h")]
     assert hs.parse_startup(hs.startup_message({"user": "u"})[4:]).params == {"user": "u"}
@@ -104,10 +105,10 @@ def test_round_trips() -> None:
 
 
 def _reference(buf: bytes, start: int, end: int, width: int,
-               cells: list[tuple[int, Callable[[bytes], bytes]]]) -> bytes | type[Exception] | None:
+               cells: Sequence[tuple[int, Callable[[bytes], bytes]]]) -> bytes | type[Exception] | None:
     """mask_cells by the three-pass way it replaces: split, mask the list, replace."""
     try:
-        values = w.split_datarow(buf, start, end)
+        values = pg_rows.split_datarow(buf, start, end)
     except w.ProtocolError:
         return w.ProtocolError
     if len(values) != width:
@@ -117,7 +118,7 @@ def _reference(buf: bytes, start: int, end: int, width: int,
         value = values[index] if index < len(values) else None
         if value is not None:
             new[index] = mask(value)
-    return w.replace_cells(buf, start, end, values, new)
+    return pg_rows.replace_cells(buf, start, end, values, new)
 
 
 _CELL = st.none() | st.binary(max_size=12)
@@ -131,25 +132,25 @@ def test_mask_cells_gives_what_split_mask_and_replace_give(values: list[bytes | 
     # Maskers that change some cells (longer or shorter) and leave others, on well-formed and cut rows.
     def mask(value: bytes) -> bytes:
         return value if value.startswith(b"k") else (value + b"!!" if grow else value[:1])
-    row = w.build_datarow(values)
+    row = pg_rows.build_datarow(values)
     cells = [(i, mask) for i in sorted(masked)]
     for buf, end in ((row + tail, len(row)), (row[:-1] + tail, len(row) - 1)):  # whole, and one byte short
         width = len(values) + width_off
         expected = _reference(buf, 5, end, width, cells)
         try:
-            got: bytes | type[Exception] | None = w.mask_cells(buf, 5, end, width, cells)
+            got: bytes | type[Exception] | None = pg_rows.mask_cells(buf, 5, end, width, cells)
         except w.ProtocolError:
             got = w.ProtocolError
         assert got == expected
 
 
 def test_mask_cells_refuses_a_negative_length_in_any_cell() -> None:
-    row = bytearray(w.build_datarow([b"a", b"b", b"c"]))
+    row = bytearray(pg_rows.build_datarow([b"a", b"b", b"c"]))
     for at in (7, 12, 17):  # each cell's length field
         bad = bytes(row[:at]) + (-2).to_bytes(4, "big", signed=True) + bytes(row[at + 4:])
         for cells in ([], [(1, bytes.upper)]):
             with pytest.raises(w.ProtocolError, match="negative"):
-                w.mask_cells(bad, 5, len(bad), 3, cells)
+                pg_rows.mask_cells(bad, 5, len(bad), 3, cells)
 
 
 # ---- bad input through a live proxy --------------------------------------------------------------

@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from bastion.devdb import PgServer, free_port
 from bastion.proxies import pg_handshake as hs
+from bastion.proxies import pg_rows
 from bastion.proxies import pgwire as w
 from bastion.proxies.base import Column, ProxyError, StatementEvent, StatementVerdict, Upstream
 from bastion.proxies.pg_upstream import open_link
@@ -317,7 +318,7 @@ def test_a_client_that_reads_slowly_gets_every_row(proxy: Proxy) -> None:
                         sock.sendall(w.query("SELECT id, email, repeat('y', 500) AS pad FROM big ORDER BY id"))
                 elif typ == w.DATA_ROW:
                     rows += 1
-                    emails.add(w.split_datarow(buf, start, end)[1])
+                    emails.add(pg_rows.split_datarow(buf, start, end)[1])
                 elif typ == w.ERROR:
                     raise AssertionError(dict(w.parse_fields(buf[start:end])))
             buf = buf[rest:]
@@ -504,7 +505,7 @@ def test_binary_rows_of_prepared_statements_are_masked(proxy: Proxy, proxy_loop:
     described = ["t", "T"] if describe else []
     assert [t for t, _ in replies] == ["1", *described, "Z", "2", "D", "C", "Z"]
     row = dict(replies)["D"]
-    assert w.split_datarow(row, 0, len(row)) == [(1).to_bytes(4, "big"), b"***"]
+    assert pg_rows.split_datarow(row, 0, len(row)) == [(1).to_bytes(4, "big"), b"***"]
 
 
 def test_bind_to_a_statement_not_prepared_through_the_proxy_is_refused(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
@@ -617,8 +618,8 @@ def test_a_statement_parsed_after_code_ran_in_its_batch_must_read_alike_either_w
     # The refusal rolled the batch back, set_config() included, as an error of the server's own would:
     # alone in its batch, the statement is read with standard strings, and the session goes on.
     rows = _data_rows(replies)
-    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b"]
-    assert w.split_datarow(rows[2], 0, len(rows[2])) == [b"on"]
+    assert pg_rows.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b"]
+    assert pg_rows.split_datarow(rows[2], 0, len(rows[2])) == [b"on"]
 
 
 def test_a_query_inside_an_unfinished_batch_is_refused_and_the_batch_rolled_back(
@@ -630,7 +631,7 @@ def test_a_query_inside_an_unfinished_batch_is_refused_and_the_batch_rolled_back
     assert [t for t, _ in replies] == ["1", "2", "D", "C", "E", "Z", "T", "D", "C", "Z"]
     assert "inside an unfinished extended-protocol batch" in dict(w.parse_fields(replies[4][1]))["M"]
     rows = _data_rows(replies)
-    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"on"]
+    assert pg_rows.split_datarow(rows[1], 0, len(rows[1])) == [b"on"]
 
 
 def test_a_refused_statement_then_a_query_then_sync_is_answered(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
@@ -737,7 +738,7 @@ def test_a_statement_after_code_ran_in_its_batch_that_reads_alike_passes(proxy: 
         proxy.port, _run("SELECT 1") + _run("SELECT E'a\\\\b', $$c\\$$ -- \\ ") + w.SYNC_MESSAGE))
     rows = _data_rows(replies)
     assert [t for t, _ in replies] == ["1", "2", "D", "C", "1", "2", "D", "C", "Z"]
-    assert w.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b", b"c\\"]
+    assert pg_rows.split_datarow(rows[1], 0, len(rows[1])) == [b"a\\b", b"c\\"]
 
 
 def test_role_defaults_cannot_change_how_the_target_reads_sql(proxy_loop: ProxyLoop, pg_server: PgServer,

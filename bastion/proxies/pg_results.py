@@ -17,57 +17,17 @@ from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
 
 from . import pg_freetext as ft
 from . import pg_handshake as hs
+from . import pg_rows
 from . import pgwire as w
 from .base import Column, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
 from .links import Link
+from .pg_chunks import Gather, write_chunk
 from .pg_state import Await, Pending, Result, Shape
 from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableInfo, TableNames, UpstreamConnection, refuse_string_syntax
 
 MAX_SHAPES = 1024
 NOT_RUN = "not executed: an earlier message of the same pipeline failed"
 _UNSET: object = object()
-
-
-def write_chunk(writer: Link, buf: bytes, out: list[bytes], seg: int, rest: int) -> None:
-    """Send the relayed part of a chunk: as it came when nothing was rewritten, else the pieces in order."""
-    if seg == 0 and rest == len(buf):
-        writer.write(buf)
-    else:
-        out.append(buf[seg:rest])
-        writer.write(b"".join(out))
-
-
-class Gather:
-    """The incomplete message at the end of a relay's last chunk, held until the chunks that complete it arrive.
-
-    Joined once, when whole: a 100 MiB COPY row is not copied again for every 256 KiB that arrives.
-    """
-
-    __slots__ = ("_need", "_parts", "_size")
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._need = 0
-
-    def add(self, data: bytes) -> bytes | None:
-        """What to frame now: the held tail, then ``data``; None while a large message is still incomplete."""
-        if not self._parts:
-            return data
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size < self._need:
-            return None
-        buf = b"".join(self._parts)
-        self._parts, self._size = [], 0
-        return buf
-
-    def keep(self, buf: bytes, rest: int) -> None:
-        """Hold ``buf[rest:]``, the start of a message that has not fully arrived (framed: its length is valid)."""
-        if rest < len(buf):
-            tail = buf[rest:]
-            self._parts, self._size = [tail], len(tail)
-            self._need = len(tail) + w.pending_length(tail, 0)  # nothing more known while the header is cut
 
 
 class LostTrack(ProxyError):
@@ -176,7 +136,7 @@ class ResultRelay:
                 if result.masker is None:
                     continue
                 if result.all_text:
-                    repl = w.mask_cells(buf, start, end, len(result.formats), result.cells)
+                    repl = pg_rows.mask_cells(buf, start, end, len(result.formats), result.cells)
                 else:
                     repl = self._mask_row(result, buf, start, end)
             elif typ == w.ROW_DESCRIPTION:
@@ -294,7 +254,7 @@ class ResultRelay:
         """A row with binary cells (text-only rows take :func:`~.pgwire.mask_cells`)."""
         masker = result.masker
         assert masker is not None
-        values = w.split_datarow(buf, start, end)
+        values = pg_rows.split_datarow(buf, start, end)
         if len(values) != len(result.formats):
             raise LostTrack("a row does not match its RowDescription")
         formats = result.formats
@@ -305,7 +265,7 @@ class ResultRelay:
                 new[i] = None if value is None else masker.binary_value(i, result.oids[i], value)
         if len(new) != len(values):
             raise ProxyError("the masker changed the number of columns")
-        return w.replace_cells(buf, start, end, values, new)
+        return pg_rows.replace_cells(buf, start, end, values, new)
 
     def _message(self, typ: int, body: bytes) -> bytes | None:
         """Track and rewrite one response other than rows and row descriptions."""

@@ -23,7 +23,8 @@ from policies.sql import reads_alike_under_any_string_syntax
 from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
 from .links import Link
-from .pg_results import Gather, ResultRelay, write_chunk
+from .pg_chunks import Gather, write_chunk
+from .pg_results import ResultRelay
 from .pg_state import Await, Pending, Portal, Statement, render_params
 from .pg_upstream import UpstreamConnection
 

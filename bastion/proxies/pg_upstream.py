@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from scramp import ScramClient, ScramException
 
 from . import pg_handshake as hs
+from . import pg_rows
 from . import pgwire as w
 from .base import ProxyError, Upstream
 from .links import TcpLink, open_tcp
@@ -296,7 +297,7 @@ class TableNames:
         while True:
             typ, body = await read_message(conn.link)
             if typ == w.DATA_ROW:
-                oid, schema, table, attnum, attname = w.split_datarow(body, 0, len(body))
+                oid, schema, table, attnum, attname = pg_rows.split_datarow(body, 0, len(body))
                 if None not in (oid, schema, table, attnum, attname):
                     assert oid and schema and table and attnum and attname  # for the type checker
                     info = self._cache.get(int(oid))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from shell.sql import SqlResult
 
+from . import pg_rows
 from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, Upstream
 from .links import TcpLink
@@ -97,7 +98,7 @@ class PgClient:
                 if typ == w.ROW_DESCRIPTION:
                     columns, rows = tuple(f.name for f in w.parse_row_description(body)), []
                 elif typ == w.DATA_ROW:
-                    cells = w.split_datarow(body, 0, len(body))
+                    cells = pg_rows.split_datarow(body, 0, len(body))
                     rows.append(tuple(None if c is None else c.decode("utf-8", "replace") for c in cells))
                 elif typ in (w.COMMAND_COMPLETE, w.EMPTY_QUERY):
                     tag = w.parse_tag(body) if typ == w.COMMAND_COMPLETE else ""
