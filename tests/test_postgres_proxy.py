@@ -675,6 +675,22 @@ def test_a_copy_that_fails_ends_copy_in_for_the_proxy_too(proxy: Proxy, proxy_lo
     assert "SELECT 'a\\b'" not in proxy.inspectors[-1].checked
 
 
+def test_nothing_passes_an_execute_that_may_start_a_copy_until_it_is_answered(proxy: Proxy,
+                                                                              proxy_loop: ProxyLoop) -> None:
+    # The COPY fails on its data before the server reads the Sync sent with that data, and whether a server
+    # ignores a Sync (in copy-in mode) or answers it (after an error) shows only from its answers. So the
+    # proxy holds what follows such an Execute until the answer: here the Sync is never relayed mid-COPY,
+    # the server skips to the next Sync, and the batch behind it (which would switch the string syntax)
+    # does not run and cannot get a ReadyForQuery ahead of it.
+    copy = (_run("COPY kv FROM STDIN WHERE pg_sleep(0.3) IS NOT NULL")
+            + w.message(w.COPY_DATA, b"9501\tx\nbad\n") + w.SYNC_MESSAGE + w.message(w.COPY_DONE))
+    replies = proxy_loop.call(_raw_session(proxy.port, copy + _run(SET_OFF) + w.SYNC_MESSAGE
+                                           + w.query("SHOW standard_conforming_strings"), until=2))
+    assert [t for t, _ in replies] == ["1", "2", "G", "E", "Z", "T", "D", "C", "Z"]
+    assert _data_rows(replies)[-1].endswith(b"on")
+    assert not any(b"9501" in body for _, body in replies)
+
+
 def test_one_query_with_two_copies_in(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
     data = w.message(w.COPY_DATA, b"9401\tx\n") + w.message(w.COPY_DONE)
     replies = proxy_loop.call(_raw_session(proxy.port, w.query("COPY kv FROM STDIN; COPY kv FROM STDIN") + data

@@ -208,8 +208,11 @@ class ResultRelay:
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head`` now (the session lets it through)."""
 
-    def copy_in_ended(self) -> None:
-        """The target does not read COPY data (any more): it completed, failed, or never was one."""
+    def answered(self, item: Pending | None) -> None:
+        """The target finished answering ``item``; None: it answers nothing more before ReadyForQuery.
+
+        Either way it is not reading COPY data (any more).
+        """
 
     def finish(self, error: BaseException | None = None) -> None:
         """End the session: normally, or with the error that ended it (the session's run() raises it)."""
@@ -271,15 +274,15 @@ class ResultRelay:
         """Track and rewrite one response other than rows and row descriptions."""
         if typ == w.COMMAND_COMPLETE:
             self.result, self.copy_masking = None, False
-            self.copy_in_ended()
             head = self._head(Await.QUERY, Await.EXECUTE)
             head.tags.append(w.parse_tag(body))
             if head.kind is Await.EXECUTE:
                 self._finish(self._pop())
+            self.answered(head)
             return None
         if typ == w.READY:
             self.result, self.copy_masking = None, False
-            self.copy_in_ended()
+            self.answered(None)
             self._ready()
             self.batch_done()
             return None
@@ -320,8 +323,10 @@ class ResultRelay:
             return b"" if head.internal else None
         if typ in (w.EMPTY_QUERY, w.PORTAL_SUSPENDED):
             self.result = None
-            if self._head(Await.QUERY, Await.EXECUTE).kind is Await.EXECUTE:
+            head = self._head(Await.QUERY, Await.EXECUTE)
+            if head.kind is Await.EXECUTE:
                 self._finish(self._pop())
+                self.answered(head)
             return None
         if typ == w.COPY_OUT:
             self._copy_out(body)
@@ -353,7 +358,7 @@ class ResultRelay:
             self._finish(head)
 
     def _error(self, body: bytes) -> bytes | None:
-        self.copy_in_ended()  # an error ends a COPY at once, before the client's CopyDone or CopyFail
+        self.answered(None)  # the target now skips to Sync (or ends the Query); a COPY ends at once
         fields = w.parse_fields(body)
         masked = ft.mask_field_values(fields, self.free)
         text = dict(masked).get("M", "")

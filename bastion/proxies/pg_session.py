@@ -24,7 +24,7 @@ from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
 from .links import Link
 from .pg_chunks import Gather, write_chunk
-from .pg_results import ResultRelay
+from .pg_results import LostTrack, ResultRelay
 from .pg_state import Await, Pending, Portal, Statement, render_params
 from .pg_upstream import UpstreamConnection
 
@@ -46,6 +46,12 @@ AFTER_CODE_RAN = StatementVerdict(
     "it follows a Bind or Execute in the same batch, which may have run a function that changed how the server "
     "reads SQL (client_encoding, standard_conforming_strings), and this text would read otherwise then; send it "
     "after a Sync, or write it in ASCII with backslashes only in E'...' strings")
+
+
+def _may_copy_in(sql: str) -> bool:
+    """True unless ``sql`` surely is no COPY ... FROM STDIN: keywords are ASCII, any case, never quoted."""
+    text = sql.lower()
+    return "copy" in text and "stdin" in text
 
 
 class PgSession(ResultRelay):
@@ -79,7 +85,10 @@ class PgSession(ResultRelay):
         self._client_holds: set[str] = set()  # why the client's reading is paused: "target"/"client" full, "ready"
         self._awaiting_ready = False  # a batch (Query, Sync) was forwarded and its ReadyForQuery has not come
         self._copy_in = False         # the target reads COPY data, until the client's CopyDone or CopyFail
-        self._copy_ends = 0           # CopyDone and CopyFail messages forwarded, to place them among Executes
+        # An Execute that may start COPY FROM STDIN, not answered yet. What the client sends after it waits: a
+        # Sync reaching a server in copy-in mode is ignored, one reaching it after the COPY failed is answered,
+        # and which of the two happens is known only from the answer.
+        self._awaiting_copy: Pending | None = None
         self.client_consumer: Callable[[bytes], None] = self._client_data  # as run() guards it
 
     async def run(self) -> None:
@@ -128,7 +137,7 @@ class PgSession(ResultRelay):
         out: list[bytes] = []
         seg = 0
         for typ, start, end in msgs:
-            if self._awaiting_ready and not (self._copy_in and typ in _COPY_TRAFFIC):
+            if (self._awaiting_ready or self._awaiting_copy) and not (self._copy_in and typ in _COPY_TRAFFIC):
                 # One batch at a time: a statement may change how the server reads the next one (a function
                 # that calls set_config(), say), and the target says so only with its ReadyForQuery.
                 rest = start - 5
@@ -167,25 +176,24 @@ class PgSession(ResultRelay):
 
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head``: let the client's through, and nothing else until it ends."""
-        if head.kind is Await.EXECUTE and self._copy_ends > head.copy_ends:
-            # The client's CopyDone or CopyFail went ahead of this answer: the COPY is over for it. (Not after
-            # a Query, whose COPY messages wait for this answer: one Query may hold several COPYs.)
-            return
+        if head.kind is Await.EXECUTE and head is not self._awaiting_copy:
+            # Only an Execute we let nothing pass behind may start one: else a Sync may have gone ahead.
+            raise LostTrack("the target started a COPY the proxy did not expect")
         self._copy_in = True
-        pending = self.pending
-        if head.kind is Await.EXECUTE and len(pending) > 1 and pending[1].kind is Await.SYNC:
-            # The client's Sync after this Execute reached a server in copy-in mode, which ignores it: that
-            # batch goes on, its ReadyForQuery owed only after the client's next Sync. So it goes on here too.
-            del pending[1]
-            self.batch_ran_code = self.batch_open = True
-            self.batch_executes = max(self.batch_executes, 1)
-            self._awaiting_ready = False
+        self._awaiting_copy = None
+        self._resume()
+
+    def answered(self, item: Pending | None) -> None:
+        """The target answered ``item`` (None: nothing more before ReadyForQuery); no COPY goes on."""
+        self._copy_in = False
+        if self._awaiting_copy is not None and (item is None or item is self._awaiting_copy):
+            self._awaiting_copy = None
+            self._resume()
+
+    def _resume(self) -> None:
+        """Relay what waited for an answer; what must still wait is held again as it comes up."""
         if "ready" in self._client_holds:
             self._release_client("ready")
-
-    def copy_in_ended(self) -> None:
-        """The target left copy-in mode (the COPY completed or failed): what follows is not COPY data."""
-        self._copy_in = False
 
     def _hold_client(self, why: str) -> None:
         if not self._client_holds:
@@ -205,7 +213,6 @@ class PgSession(ResultRelay):
             return b""  # a server in copy-in mode ignores both; one that has just left it must not answer late
         if typ in (w.COPY_DONE, w.COPY_FAIL):
             self._copy_in = False
-            self._copy_ends += 1
         if self.discarding and typ not in (w.SYNC, w.TERMINATE):
             return b""
         if typ in _EXTENDED:
@@ -280,8 +287,7 @@ class PgSession(ResultRelay):
         verdict = self._check(sql)
         self._awaiting_ready = True
         if verdict.allowed:
-            self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic(),
-                              copy_ends=self._copy_ends))
+            self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic()))
             return None
         self.local(self.refuse(sql, verdict))
         # A Sync instead of the Query: the target answers with ReadyForQuery and its true status.
@@ -353,8 +359,11 @@ class PgSession(ResultRelay):
         # (the answer stays with us): SQL can redefine a name behind our back (DEALLOCATE and PREPARE,
         # CLOSE and DECLARE), and the shape remembered for it would then mask the wrong columns.
         self.push(Pending(Await.DESCRIBE_P, portal=portal, internal=True))
-        self.push(Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
-                          params=portal.params, started=time.monotonic(), copy_ends=self._copy_ends))
+        execute = Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
+                          params=portal.params, started=time.monotonic())
+        self.push(execute)
+        if _may_copy_in(portal.sql):
+            self._awaiting_copy = execute
         self.batch_executes += 1
         self.batch_ran_code = True
         return w.describe_message("P", name) + w.message(w.EXECUTE, body)

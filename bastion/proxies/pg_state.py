@@ -80,7 +80,6 @@ class Pending:
     error: str | None = None
     reply: bytes = b""               # LOCAL: the bytes to send
     undo: Callable[[], None] | None = None  # PARSE/BIND: put back what this entry replaced, if the target refuses it
-    copy_ends: int = 0               # EXECUTE/QUERY: the client's CopyDone/CopyFail messages forwarded before it
 
 
 @dataclass
