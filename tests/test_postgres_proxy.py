@@ -298,6 +298,15 @@ def test_new_result_shapes_in_one_chunk_are_looked_up_one_after_another(proxy: P
     assert tables == {"public.customers", "public.kv", "public.big"}
 
 
+def _log_in(sock: socket.socket, port: int) -> None:
+    """Connect a raw socket to the proxy and read through its login, to the first ReadyForQuery."""
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
+    buf = b""
+    while not buf.endswith(w.ready_for_query(b"I")):
+        buf += sock.recv(65536)
+
+
 def test_a_client_that_reads_slowly_gets_every_row(proxy: Proxy) -> None:
     # A small receive buffer and pauses: the proxy's writes to the client back up, and it must stop
     # reading the target until they drain (flow control), then carry on to the last row.
@@ -332,11 +341,7 @@ def test_a_client_that_pipelines_refusals_and_never_reads_is_read_no_further(pro
     # reading the client (else every refused Query would grow its memory), and go on when it reads.
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
-        buf = b""
-        while not buf.endswith(w.ready_for_query(b"I")):
-            buf += sock.recv(65536)
+        _log_in(sock, proxy.port)
         sock.settimeout(2)
         refused = w.query("DELETE FROM kv") * 20000
         sent = 0
@@ -359,11 +364,7 @@ def test_a_batch_waits_for_the_ready_for_query_of_the_one_before(proxy: Proxy) -
     # parser cannot see), and the target reports that only with its ReadyForQuery: so the proxy relays a
     # pipelined batch only after the one before it is done.
     with socket.socket() as sock:
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
-        buf = b""
-        while not buf.endswith(w.ready_for_query(b"I")):
-            buf += sock.recv(65536)
+        _log_in(sock, proxy.port)
         inspector = proxy.inspectors[-1]
         sock.sendall(w.query("SELECT pg_sleep(0.8)") + w.query("SELECT 2"))
         time.sleep(0.4)
@@ -722,11 +723,7 @@ def test_a_statement_redefined_in_sql_is_masked_by_what_it_now_returns(proxy: Pr
 def test_names_that_are_not_utf8_end_the_session(proxy: Proxy) -> None:
     # Decoded leniently, b"\x88\x9f" and b"\x88\xa0" were one name here and two to a server reading SJIS.
     with socket.socket() as sock:
-        sock.connect(("127.0.0.1", proxy.port))
-        sock.sendall(hs.startup_message({"user": "raw", "database": "x"}))
-        buf = b""
-        while not buf.endswith(w.ready_for_query(b"I")):
-            buf += sock.recv(65536)
+        _log_in(sock, proxy.port)
         sock.sendall(w.message(w.PARSE, b"\x88\x9f\0SELECT 1\0\0\0") + w.SYNC_MESSAGE)
         answer = b""
         while chunk := sock.recv(65536):

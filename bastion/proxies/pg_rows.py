@@ -87,17 +87,17 @@ def mask_cells(buf: bytes, start: int, end: int, width: int,
         pos = seg = start + 2
         delta = 0
         column = 0
-        for index, mask in cells:
-            if index >= count:
-                break
-            while column < index:
+        for index, mask in (*cells, (count, None)):  # the last, no cell, walks the cells after the last masked
+            while column < index and column < count:
                 n = unpack(buf, pos)[0]
                 if n < -1:
                     raise ProtocolError("DataRow has a negative cell length")
                 pos += 4 + n if n > 0 else 4
                 column += 1
+            if mask is None or column >= count:
+                break
             n = unpack(buf, pos)[0]
-            if n > 0 or n == 0:
+            if n >= 0:
                 value = buf[pos + 4:pos + 4 + n]
                 new = mask(value)
                 if new is not value and new != value:
@@ -113,12 +113,6 @@ def mask_cells(buf: bytes, start: int, end: int, width: int,
                 pos += 4
             else:
                 raise ProtocolError("DataRow has a negative cell length")
-            column += 1
-        while column < count:
-            n = unpack(buf, pos)[0]
-            if n < -1:
-                raise ProtocolError("DataRow has a negative cell length")
-            pos += 4 + n if n > 0 else 4
             column += 1
     except struct.error as e:
         raise ProtocolError("DataRow is shorter than its cells") from e
