@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from policies.approvals import RequestKind, State
@@ -161,10 +161,13 @@ class PolicyInspector:
             held = self._held(sql, verdict, extended=extended)
             if held.allowed:
                 self._track_prepared(statements)
+                return replace(held, redefines=_redefined(statements))
             return held
         if verdict.effect is StatementEffect.ALLOW:
             self._track_prepared(statements)
-        decided = StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason)
+        decided = StatementVerdict(verdict.effect, verdict.rule or DEFAULT_RULE, verdict.reason,
+                                   redefines=_redefined(statements) if verdict.effect is StatementEffect.ALLOW
+                                   else frozenset())
         if key is not None:
             # Same shape, same guardrail verdict (never a review: approvals are per text and change).
             if len(self._verdicts) >= MAX_VERDICTS:
@@ -250,6 +253,13 @@ class PolicyInspector:
                 self._prepared.pop(name, None)
             if statement.prepares and statement.prepared is not None:
                 self._prepared[statement.prepares] = statement.prepared
+
+
+def _redefined(statements: list[Statement]) -> frozenset[str] | None:
+    """The prepared-statement names these statements define or drop; None when they drop every name."""
+    if any(s.deallocates_all for s in statements):
+        return None
+    return frozenset(name for s in statements for name in (*s.deallocates, *([s.prepares] if s.prepares else [])))
 
 
 # -- opening SQL access for a session ---------------------------------------------------

@@ -164,3 +164,14 @@ def test_nothing_runs_while_the_audit_trail_cannot_be_written(world) -> None:  #
         assert inspector.check("SELECT 1").allowed
 
     asyncio.run(main())
+
+
+def test_sql_that_defines_or_drops_prepared_names_says_which(world) -> None:  # type: ignore[no-untyped-def]
+    # The proxy forgets what it knew by these names: the server's now mean something else, or nothing.
+    inspector = world[0]
+    assert inspector.check("PREPARE a AS SELECT 1").redefines == {"a"}
+    assert inspector.check("DEALLOCATE b; DEALLOCATE PREPARE c").redefines == {"b", "c"}
+    assert inspector.check('PREPARE "MiXed" AS SELECT 1').redefines == {"MiXed"}
+    for everything in ("DEALLOCATE ALL", "DISCARD ALL"):
+        assert inspector.check(everything).redefines is None
+    assert inspector.check("SELECT 1").redefines == frozenset()

@@ -20,12 +20,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from bastion.approvals import Approvals
+from bastion.audit import AuditStore
+from bastion.config import load_config
 from bastion.devdb import PgServer, free_port
 from bastion.proxies import pg_handshake as hs
 from bastion.proxies import pg_rows
@@ -33,9 +37,10 @@ from bastion.proxies import pgwire as w
 from bastion.proxies.base import Column, ProxyError, StatementEvent, StatementVerdict, Upstream
 from bastion.proxies.pg_upstream import open_link
 from bastion.proxies.postgres import serve_tcp
+from bastion.sqlaccess import PolicyInspector
 from policies.masking import Column as MaskColumn
 from policies.masking import Masker
-from policies.model import MaskingRule, StatementEffect
+from policies.model import Identity, MaskingRule, StatementEffect
 from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
 
 if TYPE_CHECKING:
@@ -718,6 +723,86 @@ def test_a_statement_redefined_in_sql_is_masked_by_what_it_now_returns(proxy: Pr
     replies = proxy_loop.call(_raw_session(proxy.port, messages, until=5))
     rows = _data_rows(replies)
     assert len(rows) == 2 and not any(b"ada@example.com" in row for row in rows)
+
+
+HOLD_DELETES = """\
+listen: {ssh: "127.0.0.1:2222", http: "127.0.0.1:8080"}
+state_dir: state
+identity:
+  oidc: {issuer: "https://idp.example.com", client_id: bastion}
+targets:
+  pg-test: {kind: postgres, address: "127.0.0.1:5432"}
+policies:
+  - name: dev
+    subjects: {groups: [dev]}
+    targets: {names: [pg-test]}
+    access: allow
+    approval: {approvers: {groups: [dba]}, request_ttl: 10m}
+    guardrails:
+      - {effect: review, statements: [delete]}
+"""
+
+
+def test_a_name_redefined_in_sql_cannot_carry_an_approval_further(proxy_loop: ProxyLoop, target: Upstream,
+                                                                   tmp_path: Path) -> None:
+    # An approval runs one DELETE. Here SQL gives the name x a new body under the approval, while the proxy
+    # still knew x as a SELECT: every Bind of x would then have run the DELETE again, audited as a SELECT.
+    (tmp_path / "bastion.yaml").write_text(HOLD_DELETES)
+    config = load_config(tmp_path / "bastion.yaml")
+    alice = Identity("alice", frozenset({"dev"}))
+    prepare = "PREPARE x AS DELETE FROM kv WHERE k = 9601"
+
+    async def approved() -> Callable[[], PolicyInspector]:  # on the proxy's thread, where SQLite is used
+        store = AuditStore(tmp_path / "audit.db")
+        approvals = Approvals(store)
+
+        def inspector() -> PolicyInspector:
+            return PolicyInspector(config=config, store=store, identity=alice, target="pg-test",
+                                   policy=config.policies[0], session="s", source="127.0.0.1", approvals=approvals)
+        held = inspector().check(prepare)
+        assert held.request is not None
+        approvals.approve(held.request, Identity("bob", frozenset({"dba"})), time.time())
+        return inspector
+
+    port = proxy_loop.serve(target, proxy_loop.call(approved()))
+    messages = (w.parse_message("x", "SELECT 1") + w.SYNC_MESSAGE + w.query("DEALLOCATE x") + w.query(prepare)
+                + w.bind_message("", "x") + w.execute_message() + w.SYNC_MESSAGE)
+    replies = proxy_loop.call(_raw_session(port, messages, until=4))
+    assert [t for t, _ in replies] == ["1", "Z", "C", "Z", "C", "Z", "E", "Z"]
+    assert dict(w.parse_fields(replies[6][1]))["C"] == "26000"  # x is the server's now, not ours to bind
+
+
+def test_names_longer_than_the_server_compares_are_refused(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # To PostgreSQL, "n"*63 + "x" and "n"*63 + "y" are one name: its tables compare the first 63 bytes.
+    replies = proxy_loop.call(_raw_session(proxy.port, w.parse_message("n" * 63 + "y", "SELECT 1") + w.SYNC_MESSAGE
+                                           + w.parse_message("n" * 63, "SELECT 2") + w.SYNC_MESSAGE, until=2))
+    assert [t for t, _ in replies] == ["E", "Z", "1", "Z"]
+    assert "longer than 63 bytes" in dict(w.parse_fields(replies[0][1]))["M"]
+
+
+def test_a_statement_that_merely_mentions_copy_and_stdin_is_answered(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # What follows an Execute that may start a COPY waits for its answer; the proxy asks for it with a Flush,
+    # or the server would keep it until the Sync that waits for it. A row limit leaves the portal suspended.
+    for execute in (w.execute_message(), w.execute_message("", 1)):
+        replies = proxy_loop.call(_raw_session(
+            proxy.port, _run("SELECT 'copy from stdin' AS c").replace(w.execute_message(), execute)
+            + w.SYNC_MESSAGE, until=1), timeout=10)
+        assert [t for t, _ in replies][-2:] in (["C", "Z"], ["s", "Z"])
+
+
+def test_a_may_be_copy_after_an_error_in_the_batch_does_not_wait(proxy: Proxy) -> None:
+    # The server skips the COPY's Execute after the error: no answer is coming, so nothing may wait for one.
+    with socket.socket() as sock:
+        _log_in(sock, proxy.port)
+        sock.settimeout(10)
+        sock.sendall(_run("SELECT 1/0") + w.message(w.FLUSH))
+        buf = b""
+        while b"22012" not in buf:
+            buf += sock.recv(65536)
+        sock.sendall(_run("COPY kv FROM STDIN") + w.SYNC_MESSAGE)
+        while not buf.endswith(w.ready_for_query(b"I")):
+            buf += sock.recv(65536)
+    assert [chr(t) for t, _, _ in w.frames(buf, 0, 1 << 20)[0]] == ["1", "E", "Z"]
 
 
 def test_names_that_are_not_utf8_end_the_session(proxy: Proxy) -> None:

@@ -71,6 +71,9 @@ class StatementVerdict:
     rule: str
     reason: str
     request: str | None = None  # review: the request filed for it; allow: the approved request it used
+    # Prepared-statement names the statement defines or drops in SQL (PREPARE, DEALLOCATE); None: every name
+    # (DEALLOCATE ALL, DISCARD ALL). The proxy forgets what it knew by those names, as the server does.
+    redefines: frozenset[str] | None = frozenset()
 
     @property
     def allowed(self) -> bool:

@@ -31,12 +31,19 @@ from .pg_upstream import UpstreamConnection
 SQLSTATE_DENIED = "42501"   # insufficient_privilege: what clients already know as "not allowed"
 SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting for an approver
 # What a server in copy-in mode takes; it ignores Sync and Flush there, and ends the COPY on anything else.
-_COPY_TRAFFIC = frozenset({w.COPY_DATA, w.COPY_DONE, w.COPY_FAIL, w.SYNC, w.FLUSH})
+_COPY_MESSAGES = frozenset({w.COPY_DATA, w.COPY_DONE, w.COPY_FAIL})
+_COPY_TRAFFIC = _COPY_MESSAGES | {w.SYNC, w.FLUSH}
 CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
 QUERY_IN_BATCH = StatementVerdict(
     StatementEffect.DENY, "bastion", "a simple Query may not come inside an unfinished extended-protocol batch; "
     "send Sync first")
 _EXTENDED = frozenset({w.PARSE, w.BIND, w.DESCRIBE, w.EXECUTE, w.CLOSE})
+# PostgreSQL tells prepared statements and portals apart by their first NAMEDATALEN - 1 bytes: two longer
+# names with those in common are one name to it, and would be two here.
+MAX_NAME = 63
+NAME_TOO_LONG = StatementVerdict(StatementEffect.DENY, "bastion",
+                                 f"statement and portal names longer than {MAX_NAME} bytes are refused: the "
+                                 f"server compares only their first {MAX_NAME} bytes")
 NAME_AFTER_CODE = StatementVerdict(
     StatementEffect.DENY, "bastion",
     "it names a statement or portal in non-ASCII after a Bind or Execute in the same batch, which may have "
@@ -143,7 +150,7 @@ class PgSession(ResultRelay):
                 rest = start - 5
                 self._hold_client("ready")
                 break
-            if typ == w.COPY_DATA and not self.discarding:
+            if typ == w.COPY_DATA and self._copy_in and not self.discarding:
                 continue
             repl = self._client_message(typ, buf[start:end])
             if repl is not None:
@@ -211,8 +218,14 @@ class PgSession(ResultRelay):
         """Handle one client message: None forwards it as is; bytes replace it (b"" drops it)."""
         if self._copy_in and typ in (w.SYNC, w.FLUSH):
             return b""  # a server in copy-in mode ignores both; one that has just left it must not answer late
-        if typ in (w.COPY_DONE, w.COPY_FAIL):
-            self._copy_in = False
+        if typ in _COPY_MESSAGES:
+            if not self._copy_in or self.discarding:
+                # A server that reads no COPY data ignores them; and a COPY we did not see start must not
+                # run to its end (and commit) before the session can notice.
+                return b""
+            if typ != w.COPY_DATA:
+                self._copy_in = False
+            return None
         if self.discarding and typ not in (w.SYNC, w.TERMINATE):
             return b""
         if typ in _EXTENDED:
@@ -225,8 +238,8 @@ class PgSession(ResultRelay):
             return self._on_execute(body)
         if typ == w.DESCRIBE:
             kind, name = w.parse_target(body)
-            if self._misread(name):
-                return self._refuse_extended(self.refuse(f"<describe {name}>", NAME_AFTER_CODE))
+            if (problem := self._name_problem(name)) is not None:
+                return self._refuse_extended(self.refuse(f"<describe {name}>", problem))
             if kind == "S":
                 self.push(Pending(Await.DESCRIBE_S, statement=self.statements.get(name)))
             else:
@@ -242,15 +255,15 @@ class PgSession(ResultRelay):
             return self._on_query(body)
         if typ == w.CLOSE:
             kind, name = w.parse_target(body)
-            if self._misread(name):
-                return self._refuse_extended(self.refuse(f"<close {name}>", NAME_AFTER_CODE))
+            if (problem := self._name_problem(name)) is not None:
+                return self._refuse_extended(self.refuse(f"<close {name}>", problem))
             if kind == "S":
                 self.statements.pop(name, None)
             else:
                 self.portals.pop(name, None)
             self.push(Pending(Await.CLOSE))
             return None
-        if typ in (w.FLUSH, w.COPY_DONE, w.COPY_FAIL, w.COPY_DATA):
+        if typ == w.FLUSH:
             return None
         if typ == w.TERMINATE:
             self.terminated = True
@@ -287,6 +300,7 @@ class PgSession(ResultRelay):
         verdict = self._check(sql)
         self._awaiting_ready = True
         if verdict.allowed:
+            self._forget(verdict)
             self.push(Pending(Await.QUERY, sql=sql, verdict=verdict, started=time.monotonic()))
             return None
         self.local(self.refuse(sql, verdict))
@@ -294,13 +308,26 @@ class PgSession(ResultRelay):
         self.push(Pending(Await.SYNC))
         return w.SYNC_MESSAGE
 
-    def _misread(self, *names: str) -> bool:
-        """True when the server may read one of these names otherwise than we do (see NAME_AFTER_CODE)."""
-        return self.batch_ran_code and not all(name.isascii() for name in names)
+    def _name_problem(self, *names: str) -> StatementVerdict | None:
+        """Why the server might take one of these names for another than we do; None when it cannot."""
+        if any(len(name.encode()) > MAX_NAME for name in names):
+            return NAME_TOO_LONG
+        if self.batch_ran_code and not all(name.isascii() for name in names):
+            return NAME_AFTER_CODE
+        return None
+
+    def _forget(self, verdict: StatementVerdict) -> None:
+        """SQL that PREPAREs or DEALLOCATEs names runs now: what we knew by those names is no longer so."""
+        names = verdict.redefines
+        if names is None:
+            self.statements.clear()
+        else:
+            for name in names:
+                self.statements.pop(name, None)
 
     def _on_parse(self, body: bytes) -> bytes | None:
         name, sql, oids = w.parse_parse(body)
-        verdict = NAME_AFTER_CODE if self._misread(name) else self._check_parse(sql)
+        verdict = self._name_problem(name) or self._check_parse(sql)
         if verdict.allowed:
             # A statement that ran on an approval is bound once: the approval covers one execution.
             statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
@@ -317,8 +344,8 @@ class PgSession(ResultRelay):
 
     def _on_bind(self, body: bytes) -> bytes | None:
         bind = w.parse_bind(body)
-        if self._misread(bind.portal, bind.statement):
-            return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", NAME_AFTER_CODE))
+        if (problem := self._name_problem(bind.portal, bind.statement)) is not None:
+            return self._refuse_extended(self.refuse(f"<bind {bind.statement}>", problem))
         statement = self.statements.get(bind.statement)
         if statement is None:
             verdict = StatementVerdict(StatementEffect.DENY, "bastion",
@@ -349,8 +376,8 @@ class PgSession(ResultRelay):
 
     def _on_execute(self, body: bytes) -> bytes | None:
         name, _ = w.parse_execute(body)
-        if self._misread(name):
-            return self._refuse_extended(self.refuse(f"<execute {name}>", NAME_AFTER_CODE))
+        if (problem := self._name_problem(name)) is not None:
+            return self._refuse_extended(self.refuse(f"<execute {name}>", problem))
         portal = self.portals.get(name)
         if portal is None:
             # A cursor DECLAREd in SQL (that statement passed inspection) can be fetched with Execute.
@@ -362,8 +389,11 @@ class PgSession(ResultRelay):
         execute = Pending(Await.EXECUTE, portal=portal, sql=portal.sql, verdict=portal.verdict,
                           params=portal.params, started=time.monotonic())
         self.push(execute)
-        if _may_copy_in(portal.sql):
+        self._forget(portal.verdict)
+        if _may_copy_in(portal.sql) and not self.skipping:  # (skipping: the target will not run it at all)
+            # Its answer must come now, not at the next Flush or Sync: those wait for it.
             self._awaiting_copy = execute
+            return w.describe_message("P", name) + w.message(w.EXECUTE, body) + w.FLUSH_MESSAGE
         self.batch_executes += 1
         self.batch_ran_code = True
         return w.describe_message("P", name) + w.message(w.EXECUTE, body)

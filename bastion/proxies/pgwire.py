@@ -235,6 +235,7 @@ def execute_message(portal: str = "", limit: int = 0) -> bytes:
 
 
 SYNC_MESSAGE = message(SYNC)
+FLUSH_MESSAGE = message(FLUSH)
 TERMINATE_MESSAGE = message(TERMINATE)
 
 
