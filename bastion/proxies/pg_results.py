@@ -13,17 +13,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
-
 from . import pg_freetext as ft
 from . import pg_handshake as hs
 from . import pg_rows
 from . import pgwire as w
-from .base import Column, Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
+from .base import Inspector, NotAllowed, ProxyError, RowMasker, StatementEvent, Upstream
 from .links import Link
 from .pg_chunks import Gather, write_chunk
 from .pg_state import Await, Pending, Result, Shape
-from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableInfo, TableNames, UpstreamConnection, refuse_string_syntax
+from .pg_upstream import UPSTREAM_MAX_MESSAGE, TableNames, UpstreamConnection, column_of, refuse_string_syntax
 
 MAX_SHAPES = 1024
 NOT_RUN = "not executed: an earlier message of the same pipeline failed"
@@ -227,7 +225,7 @@ class ResultRelay:
         fields = w.parse_row_description(body)
         oids = {f.table_oid for f in fields if f.table_oid}
         tables = (self.tables.cached(oids) or await self.tables.resolve(oids)) if oids else {}
-        columns = tuple(_column(f, tables.get(f.table_oid)) for f in fields)
+        columns = tuple(column_of(f, tables.get(f.table_oid)) for f in fields)
         if len(self.shapes) >= MAX_SHAPES:
             self.shapes.clear()
         self.shapes[body] = Shape(fields, columns, self.inspector.masker_for(columns))
@@ -388,18 +386,6 @@ class ResultRelay:
         if overall != 0:
             raise NotAllowed("binary COPY output cannot be masked; use COPY ... TO STDOUT with text or csv format")
         self.copy_masking = True
-
-
-def _column(field: w.Field, table: TableInfo | None) -> Column:
-    """How maskers see one result column, given what the catalog said about its table."""
-    if not field.table_oid:
-        return Column(None, field.name, field.type_oid)  # an expression: no table, only the name it was given
-    if table is None:
-        # A table the lookup could not name may be any table, and the column any column: every rule applies.
-        return Column(UNRESOLVED_TABLE, field.name, field.type_oid, UNRESOLVED_COLUMN)
-    name, attributes = table
-    source = attributes.get(field.attnum, UNRESOLVED_COLUMN)
-    return Column(name, field.name, field.type_oid, None if source == field.name else source)
 
 
 _SIMPLE_ACKS = {w.PARSE_COMPLETE: Await.PARSE, w.BIND_COMPLETE: Await.BIND, w.CLOSE_COMPLETE: Await.CLOSE}

@@ -23,6 +23,7 @@ from policies.sql import reads_alike_under_any_string_syntax
 from . import pgwire as w
 from .base import HELD_DETAIL, Inspector, RowMasker, StatementEvent, StatementVerdict, Upstream
 from .links import Link
+from .pg_batch import AFTER_CODE_RAN, CURSOR_VERDICT, QUERY_IN_BATCH, may_copy_in, name_problem
 from .pg_chunks import Gather, write_chunk
 from .pg_results import LostTrack, ResultRelay
 from .pg_state import Await, Pending, Portal, Statement, render_params
@@ -33,32 +34,7 @@ SQLSTATE_HELD = "BH001"     # the bastion's own class: held for review, waiting 
 # What a server in copy-in mode takes; it ignores Sync and Flush there, and ends the COPY on anything else.
 _COPY_MESSAGES = frozenset({w.COPY_DATA, w.COPY_DONE, w.COPY_FAIL})
 _COPY_TRAFFIC = _COPY_MESSAGES | {w.SYNC, w.FLUSH}
-CURSOR_VERDICT = StatementVerdict(StatementEffect.ALLOW, "bastion", "fetch from a cursor declared in SQL")
-QUERY_IN_BATCH = StatementVerdict(
-    StatementEffect.DENY, "bastion", "a simple Query may not come inside an unfinished extended-protocol batch; "
-    "send Sync first")
 _EXTENDED = frozenset({w.PARSE, w.BIND, w.DESCRIBE, w.EXECUTE, w.CLOSE})
-# PostgreSQL tells prepared statements and portals apart by their first NAMEDATALEN - 1 bytes: two longer
-# names with those in common are one name to it, and would be two here.
-MAX_NAME = 63
-NAME_TOO_LONG = StatementVerdict(StatementEffect.DENY, "bastion",
-                                 f"statement and portal names longer than {MAX_NAME} bytes are refused: the "
-                                 f"server compares only their first {MAX_NAME} bytes")
-NAME_AFTER_CODE = StatementVerdict(
-    StatementEffect.DENY, "bastion",
-    "it names a statement or portal in non-ASCII after a Bind or Execute in the same batch, which may have "
-    "changed client_encoding and with it which name the server reads; send it after a Sync, or use ASCII names")
-AFTER_CODE_RAN = StatementVerdict(
-    StatementEffect.DENY, "bastion",
-    "it follows a Bind or Execute in the same batch, which may have run a function that changed how the server "
-    "reads SQL (client_encoding, standard_conforming_strings), and this text would read otherwise then; send it "
-    "after a Sync, or write it in ASCII with backslashes only in E'...' strings")
-
-
-def _may_copy_in(sql: str) -> bool:
-    """True unless ``sql`` surely is no COPY ... FROM STDIN: keywords are ASCII, any case, never quoted."""
-    text = sql.lower()
-    return "copy" in text and "stdin" in text
 
 
 class PgSession(ResultRelay):
@@ -309,12 +285,7 @@ class PgSession(ResultRelay):
         return w.SYNC_MESSAGE
 
     def _name_problem(self, *names: str) -> StatementVerdict | None:
-        """Why the server might take one of these names for another than we do; None when it cannot."""
-        if any(len(name.encode()) > MAX_NAME for name in names):
-            return NAME_TOO_LONG
-        if self.batch_ran_code and not all(name.isascii() for name in names):
-            return NAME_AFTER_CODE
-        return None
+        return name_problem(names, after_code=self.batch_ran_code)
 
     def _forget(self, verdict: StatementVerdict) -> None:
         """SQL that PREPAREs or DEALLOCATEs names runs now: what we knew by those names is no longer so."""
@@ -390,7 +361,7 @@ class PgSession(ResultRelay):
                           params=portal.params, started=time.monotonic())
         self.push(execute)
         self._forget(portal.verdict)
-        if _may_copy_in(portal.sql) and not self.skipping:  # (skipping: the target will not run it at all)
+        if may_copy_in(portal.sql) and not self.skipping:  # (skipping: the target will not run it at all)
             # Its answer must come now, not at the next Flush or Sync: those wait for it.
             self._awaiting_copy = execute
             return w.describe_message("P", name) + w.message(w.EXECUTE, body) + w.FLUSH_MESSAGE

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 from scramp import ScramClient, ScramException
 
+from policies.pgtypes import UNRESOLVED_COLUMN, UNRESOLVED_TABLE
+
 from . import pg_handshake as hs
 from . import pg_rows
 from . import pgwire as w
-from .base import ProxyError, Upstream
+from .base import Column, ProxyError, Upstream
 from .links import TcpLink, open_tcp
 
 SCRAM = "SCRAM-SHA-256"
@@ -314,3 +316,15 @@ class TableNames:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def column_of(field: w.Field, table: TableInfo | None) -> Column:
+    """How maskers see one result column, given what the catalog said about its table."""
+    if not field.table_oid:
+        return Column(None, field.name, field.type_oid)  # an expression: no table, only the name it was given
+    if table is None:
+        # A table the lookup could not name may be any table, and the column any column: every rule applies.
+        return Column(UNRESOLVED_TABLE, field.name, field.type_oid, UNRESOLVED_COLUMN)
+    name, attributes = table
+    source = attributes.get(field.attnum, UNRESOLVED_COLUMN)
+    return Column(name, field.name, field.type_oid, None if source == field.name else source)
