@@ -790,6 +790,16 @@ def test_a_statement_that_merely_mentions_copy_and_stdin_is_answered(proxy: Prox
         assert [t for t, _ in replies][-2:] in (["C", "Z"], ["s", "Z"])
 
 
+def test_an_execute_that_may_start_a_copy_still_counts_as_code_run(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # Its text mentions copy and stdin, but it calls set_config(): the Parse behind it in the batch must read
+    # alike either way, and a refusal must roll it back.
+    replies = proxy_loop.call(_raw_session(proxy.port, _run(f"{SET_OFF} -- copy stdin") + _run("SELECT 'a\\b'")
+                                           + w.SYNC_MESSAGE + w.query("SHOW standard_conforming_strings"), until=2))
+    assert [t for t, _ in replies] == ["1", "2", "D", "C", "E", "Z", "T", "D", "C", "Z"]
+    assert "same batch" in dict(w.parse_fields(replies[4][1]))["M"]
+    assert _data_rows(replies)[-1].endswith(b"on")
+
+
 def test_a_may_be_copy_after_an_error_in_the_batch_does_not_wait(proxy: Proxy) -> None:
     # The server skips the COPY's Execute after the error: no answer is coming, so nothing may wait for one.
     with socket.socket() as sock:

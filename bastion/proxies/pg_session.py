@@ -361,13 +361,14 @@ class PgSession(ResultRelay):
                           params=portal.params, started=time.monotonic())
         self.push(execute)
         self._forget(portal.verdict)
+        self.batch_executes += 1
+        self.batch_ran_code = True
+        forwarded = w.describe_message("P", name) + w.message(w.EXECUTE, body)
         if may_copy_in(portal.sql) and not self.skipping:  # (skipping: the target will not run it at all)
             # Its answer must come now, not at the next Flush or Sync: those wait for it.
             self._awaiting_copy = execute
-            return w.describe_message("P", name) + w.message(w.EXECUTE, body) + w.FLUSH_MESSAGE
-        self.batch_executes += 1
-        self.batch_ran_code = True
-        return w.describe_message("P", name) + w.message(w.EXECUTE, body)
+            return forwarded + w.FLUSH_MESSAGE
+        return forwarded
 
     # ---- refusals ---------------------------------------------------------------------------
 
