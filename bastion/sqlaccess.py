@@ -157,6 +157,11 @@ class PolicyInspector:
                                     f"policy {self._policy.name} masks by column, which COPY ... TO output "
                                     "cannot honour; SELECT the rows instead (results are masked there)")
         verdict = evaluate(self._policy.guardrails, statements)
+        if verdict.effect is StatementEffect.REVIEW and any(s.kind == "cursor" for s in statements):
+            # An approval runs its statement once; a cursor's query runs again for every row fetched again.
+            return StatementVerdict(StatementEffect.DENY, verdict.rule,
+                                    f"{verdict.reason}; a statement held for review cannot be a cursor "
+                                    "(its query would run again on every fetch): send the query itself")
         if verdict.effect is StatementEffect.REVIEW:
             held = self._held(sql, verdict, extended=extended)
             if held.allowed:

@@ -175,3 +175,12 @@ def test_sql_that_defines_or_drops_prepared_names_says_which(world) -> None:  # 
     for everything in ("DEALLOCATE ALL", "DISCARD ALL"):
         assert inspector.check(everything).redefines is None
     assert inspector.check("SELECT 1").redefines == frozenset()
+
+
+def test_a_held_query_cannot_be_declared_as_a_cursor(world) -> None:  # type: ignore[no-untyped-def]
+    # FETCH ABSOLUTE on a (by default scrollable) cursor runs its query again: one approval, many runs.
+    inspector, _, store, _ = world
+    verdict = inspector.check("DECLARE c CURSOR FOR WITH d AS (DELETE FROM accounts WHERE id = 7 RETURNING *) "
+                              "SELECT * FROM d")
+    assert verdict.effect is StatementEffect.DENY and "cannot be a cursor" in verdict.reason
+    assert not [e for e in store.events() if e.kind == "request.filed"]  # no request to approve

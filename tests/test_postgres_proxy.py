@@ -800,6 +800,15 @@ def test_an_execute_that_may_start_a_copy_still_counts_as_code_run(proxy: Proxy,
     assert _data_rows(replies)[-1].endswith(b"on")
 
 
+def test_a_portal_gone_with_its_transaction_lends_its_sql_to_nothing(proxy: Proxy, proxy_loop: ProxyLoop) -> None:
+    # The Bind's portal p died at the Sync; a cursor DECLAREd as p later is audited as a cursor, not as p's SQL.
+    messages = (w.parse_message("", "SELECT 1 AS one") + w.bind_message("p", "") + w.execute_message("p")
+                + w.SYNC_MESSAGE + w.query("BEGIN") + w.query("DECLARE p CURSOR FOR SELECT 2 AS two")
+                + w.execute_message("p") + w.SYNC_MESSAGE + w.query("COMMIT"))
+    proxy_loop.call(_raw_session(proxy.port, messages, until=5))
+    assert [e.sql for e in proxy.events[-3:]] == ["DECLARE p CURSOR FOR SELECT 2 AS two", "<cursor p>", "COMMIT"]
+
+
 def test_a_may_be_copy_after_an_error_in_the_batch_does_not_wait(proxy: Proxy) -> None:
     # The server skips the COPY's Execute after the error: no answer is coming, so nothing may wait for one.
     with socket.socket() as sock:

@@ -200,8 +200,8 @@ class ResultRelay:
             self._learning.cancel()
             self._learning = None
 
-    def batch_done(self) -> None:
-        """The target answered a batch with ReadyForQuery (the session relays the next one)."""
+    def batch_done(self, status: bytes) -> None:
+        """The target answered a batch with ReadyForQuery, in transaction ``status`` (the session goes on)."""
 
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head`` now (the session lets it through)."""
@@ -282,7 +282,7 @@ class ResultRelay:
             self.result, self.copy_masking = None, False
             self.answered(None)
             self._ready()
-            self.batch_done()
+            self.batch_done(body)
             return None
         if typ in _SIMPLE_ACKS:
             self._pop_expected(_SIMPLE_ACKS[typ])

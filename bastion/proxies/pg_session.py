@@ -149,8 +149,12 @@ class PgSession(ResultRelay):
                 self._hold_client(side)
                 link.when_writable(functools.partial(self._release_client, side))
 
-    def batch_done(self) -> None:
+    def batch_done(self, status: bytes) -> None:
         """The target is ready for the next batch: relay what waited for it."""
+        if status == b"I":
+            # No transaction is open: the server has dropped every portal a Bind made (none is holdable).
+            # A name kept here would lend its SQL to a cursor DECLAREd under it later, in the audit trail.
+            self.portals.clear()
         if not self._awaiting_ready:
             return
         self._awaiting_ready = False
