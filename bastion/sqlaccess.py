@@ -129,7 +129,8 @@ class PolicyInspector:
         # Which parameter binds to which column is not worked out yet, so when a policy masks
         # by column, bound values are not audited at all rather than risk storing one.
         self._redact_params = any(rule.columns for rule in policy.masking)
-        self._prepared: dict[str, Statement] = {}
+        self._prepared: dict[str, Statement] = {}  # SQL PREPAREs whose body is certain, by name
+        self._named: set[str] = set()  # every name a PREPARE or protocol Parse gave a body, this session
         self._verdicts: dict[str, StatementVerdict] = {}  # by shape key; see ShapeCache.classify_shape
         self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
@@ -248,16 +249,25 @@ class PolicyInspector:
 
     # -- prepared statements ------------------------------------------------------------
 
+    def forget(self, name: str) -> None:
+        self._named.add(name)
+        self._prepared.pop(name, None)  # EXECUTE of it is opaque now, which guardrails refuse unless allowed
+
     def _track_prepared(self, statements: list[Statement]) -> None:
-        # Recorded when allowed, not when the server confirms: a failed re-PREPARE
-        # of an allowed body leaves the name mapped to an allowed body, never to a worse one.
+        # Recorded when judged, not when the server confirms; so a name is mapped only while its body is
+        # certain. A PREPARE of a name already mapped may fail on the server (a duplicate) and leave the old
+        # body there, approved or not: such a name is dropped, and EXECUTE of it is opaque from then on.
         for statement in statements:
             if statement.deallocates_all:
                 self._prepared.clear()
             for name in statement.deallocates:
                 self._prepared.pop(name, None)
             if statement.prepares and statement.prepared is not None:
-                self._prepared[statement.prepares] = statement.prepared
+                if statement.prepares in self._prepared or statement.prepares in self._named:
+                    self._prepared.pop(statement.prepares, None)
+                else:
+                    self._prepared[statement.prepares] = statement.prepared
+                self._named.add(statement.prepares)
 
 
 def _redefined(statements: list[Statement]) -> frozenset[str] | None:

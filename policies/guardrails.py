@@ -45,7 +45,8 @@ EMPTY_RULE = "empty"
 SEVERITY = {StatementEffect.ALLOW: 0, StatementEffect.REVIEW: 1, StatementEffect.DENY: 2}  # larger is stricter
 _LABELS = {
     "copy_to": "COPY … TO", "copy_from": "COPY … FROM", "copy_program": "COPY … PROGRAM",
-    "copy_file": "COPY to or from a server file", "do": "a DO block", "execute": "EXECUTE of a prepared statement",
+    "copy_file": "COPY to or from a server file", "do": "a DO block",
+    "execute": "EXECUTE of a statement not PREPAREd (once) in SQL in this session",
     "explain_analyze": "EXPLAIN ANALYZE", "other": "this kind of statement", "cursor": "a cursor command",
 }
 

@@ -184,3 +184,20 @@ def test_a_held_query_cannot_be_declared_as_a_cursor(world) -> None:  # type: ig
                               "SELECT * FROM d")
     assert verdict.effect is StatementEffect.DENY and "cannot be a cursor" in verdict.reason
     assert not [e for e in store.events() if e.kind == "request.filed"]  # no request to approve
+
+
+def test_sql_execute_runs_only_a_body_the_inspector_is_sure_of(world) -> None:  # type: ignore[no-untyped-def]
+    # The inspector learns a PREPARE when it judges it, not when the server runs it: a second PREPARE of a
+    # name (which the server refuses while the first exists), or a protocol Parse or Close of the name,
+    # leaves it unsure which body EXECUTE would run, so EXECUTE is opaque from then on.
+    inspector = world[0]
+    assert inspector.check("PREPARE a AS SELECT 1").allowed
+    assert inspector.check("EXECUTE a").allowed
+    assert inspector.check("PREPARE a AS SELECT 2").allowed  # the server may refuse it: a exists
+    assert not inspector.check("EXECUTE a").allowed
+    assert inspector.check("SELECT 1/0; DEALLOCATE a").allowed  # the DEALLOCATE may never run
+    assert inspector.check("PREPARE a AS SELECT 3").allowed
+    assert not inspector.check("EXECUTE a").allowed
+    assert inspector.check("PREPARE b AS SELECT 1").allowed
+    inspector.forget("b")  # a protocol Parse or Close named b went to the server
+    assert not inspector.check("EXECUTE b").allowed

@@ -167,6 +167,9 @@ class AllowAll:
     def audit(self, event: StatementEvent) -> None:
         pass
 
+    def forget(self, name: str) -> None:
+        pass
+
 
 async def _send_garbage(port: int, garbage: bytes) -> list[tuple[str, dict[str, str]]]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -93,6 +93,7 @@ class FakeInspector:
     events: list[StatementEvent]
     columns_seen: list[tuple[Column, ...]] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    forgotten: list[str] = field(default_factory=list)
 
     def check(self, sql: str, *, extended: bool = False) -> StatementVerdict:
         self.checked.append(sql)
@@ -112,6 +113,9 @@ class FakeInspector:
 
     def audit(self, event: StatementEvent) -> None:
         self.events.append(event)
+
+    def forget(self, name: str) -> None:
+        self.forgotten.append(name)
 
 
 @dataclass

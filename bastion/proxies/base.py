@@ -147,6 +147,14 @@ class Inspector(Protocol):
         """Record one statement's outcome."""
         ...
 
+    def forget(self, name: str) -> None:
+        """A protocol Parse or Close of the prepared statement ``name`` went to the server.
+
+        SQL ``EXECUTE name`` now runs whatever the server holds under that name,
+        not a body the inspector judged from SQL ``PREPARE``.
+        """
+        ...
+
 
 class ConnLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A child logger that prefixes each message with its connection's label."""

@@ -239,6 +239,7 @@ class PgSession(ResultRelay):
                 return self._refuse_extended(self.refuse(f"<close {name}>", problem))
             if kind == "S":
                 self.statements.pop(name, None)
+                self.inspector.forget(name)
             else:
                 self.portals.pop(name, None)
             self.push(Pending(Await.CLOSE))
@@ -304,6 +305,8 @@ class PgSession(ResultRelay):
         name, sql, oids = w.parse_parse(body)
         verdict = self._name_problem(name) or self._check_parse(sql)
         if verdict.allowed:
+            if name:
+                self.inspector.forget(name)  # SQL EXECUTE of this name runs this body from now on
             # A statement that ran on an approval is bound once: the approval covers one execution.
             statement = Statement(sql, verdict, oids, binds_left=1 if verdict.request else None)
             # Always a fresh, undescribed entry: a stale shape would mask new rows with old columns.
