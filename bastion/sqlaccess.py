@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_AUDITED_SQL = 8192
+MAX_NAMED = 10_000  # statement names one connection is followed by (drivers name each new statement)
 MAX_VERDICTS = 1024  # verdicts one connection keeps by statement shape: an application's hot statements
 SHAPES = ShapeCache()  # shared by every session: classification is pure, and apps repeat their statements
 REVIEW_UNAVAILABLE = "approvals are not available on this path, so the statement was not run"
@@ -131,6 +132,7 @@ class PolicyInspector:
         self._redact_params = any(rule.columns for rule in policy.masking)
         self._prepared: dict[str, Statement] = {}  # SQL PREPAREs whose body is certain, by name
         self._named: set[str] = set()  # every name a PREPARE or protocol Parse gave a body, this session
+        self._every_name_named = False  # more than MAX_NAMED were: EXECUTE of any name is opaque
         self._verdicts: dict[str, StatementVerdict] = {}  # by shape key; see ShapeCache.classify_shape
         self.masked_columns: set[str] = set()  # columns whose values masking changed, since the last reset
 
@@ -164,7 +166,7 @@ class PolicyInspector:
                                     f"{verdict.reason}; a statement held for review cannot be a cursor "
                                     "(its query would run again on every fetch): send the query itself")
         if verdict.effect is StatementEffect.REVIEW:
-            held = self._held(sql, verdict, extended=extended)
+            held = self._held(sql, self._approval_text(sql, classified), verdict, extended=extended)
             if held.allowed:
                 self._track_prepared(statements)
                 return replace(held, redefines=_redefined(statements))
@@ -181,7 +183,16 @@ class PolicyInspector:
             self._verdicts[key] = decided
         return decided
 
-    def _held(self, sql: str, verdict: Verdict, *, extended: bool) -> StatementVerdict:
+    def _approval_text(self, sql: str, classified: list[Statement]) -> str:
+        """What an approval covers: the SQL, and the body each EXECUTE in it runs in this session.
+
+        An approval of ``EXECUTE x`` alone would cover whatever ``x`` is in any
+        session; with the bodies, the reviewer reads what runs, and only that.
+        """
+        names = sorted({name for s in classified for name in s.executes if name in self._prepared})
+        return sql + "".join(f"\n-- {name} is: {self._prepared[name].text}" for name in names)
+
+    def _held(self, sql: str, text_approved: str, verdict: Verdict, *, extended: bool) -> StatementVerdict:
         """A statement a guardrail holds: run it on its approval, else file (or point at) its request."""
         rule, approvals = self._policy.approval, self._approvals
         if rule is None or approvals is None:
@@ -192,7 +203,7 @@ class PolicyInspector:
             return StatementVerdict(StatementEffect.REVIEW, verdict.rule,
                                     f"{verdict.reason}; a statement held for review cannot take bound parameters: "
                                     "send it with its values written in (psql, the console or `sql`)")
-        user, now, text = self._identity.user, self._clock(), sql.encode("utf-8", "surrogateescape")
+        user, now, text = self._identity.user, self._clock(), text_approved.encode("utf-8", "surrogateescape")
         used = approvals.consume_statement_approval(user, self._target, text, now)
         if used is not None:
             return StatementVerdict(StatementEffect.ALLOW, f"request {used.id}",
@@ -250,8 +261,18 @@ class PolicyInspector:
     # -- prepared statements ------------------------------------------------------------
 
     def forget(self, name: str) -> None:
+        self._name(name)
+        self._prepared.pop(name, None)
+
+    def _name(self, name: str) -> None:
+        """Note a name given a body; past MAX_NAMED names, every name counts as given one (set kept bounded)."""
+        if self._every_name_named:
+            return
         self._named.add(name)
-        self._prepared.pop(name, None)  # EXECUTE of it is opaque now, which guardrails refuse unless allowed
+        if len(self._named) > MAX_NAMED:
+            self._named.clear()
+            self._prepared.clear()
+            self._every_name_named = True  # EXECUTE of it is opaque now, which guardrails refuse unless allowed
 
     def _track_prepared(self, statements: list[Statement]) -> None:
         # Recorded when judged, not when the server confirms; so a name is mapped only while its body is
@@ -263,11 +284,12 @@ class PolicyInspector:
             for name in statement.deallocates:
                 self._prepared.pop(name, None)
             if statement.prepares and statement.prepared is not None:
-                if statement.prepares in self._prepared or statement.prepares in self._named:
-                    self._prepared.pop(statement.prepares, None)
+                name = statement.prepares
+                if name in self._prepared or name in self._named or self._every_name_named:
+                    self._prepared.pop(name, None)
                 else:
-                    self._prepared[statement.prepares] = statement.prepared
-                self._named.add(statement.prepares)
+                    self._prepared[name] = statement.prepared
+                self._name(name)
 
 
 def _redefined(statements: list[Statement]) -> frozenset[str] | None:

@@ -19,7 +19,8 @@ import pytest
 from bastion.approvals import Approvals
 from bastion.audit import AuditStore
 from bastion.config import load_config
-from bastion.sqlaccess import PolicyInspector
+from bastion.proxies.base import StatementVerdict
+from bastion.sqlaccess import MAX_NAMED, PolicyInspector
 from policies.approvals import State
 from policies.model import Identity, StatementEffect
 
@@ -201,3 +202,40 @@ def test_sql_execute_runs_only_a_body_the_inspector_is_sure_of(world) -> None:  
     assert inspector.check("PREPARE b AS SELECT 1").allowed
     inspector.forget("b")  # a protocol Parse or Close named b went to the server
     assert not inspector.check("EXECUTE b").allowed
+
+
+def test_an_approved_execute_covers_the_body_it_ran_and_no_other(world, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "again.yaml").write_text(textwrap.dedent(CONFIG))
+    config = load_config(tmp_path / "again.yaml")
+    # The approval names what EXECUTE x runs in this session; in another, x may be something broader.
+    inspector, approvals, store, clock = world
+    narrow = "PREPARE x AS UPDATE accounts SET frozen = true WHERE id = 7"
+    wide = "PREPARE x AS UPDATE accounts SET frozen = true WHERE id > 0"
+
+    def approved(who: PolicyInspector, sql: str) -> StatementVerdict:
+        held = who.check(sql)
+        assert held.request is not None
+        approvals.approve(held.request, BOB, clock.now)
+        return who.check(sql)
+
+    assert approved(inspector, narrow).allowed
+    held = inspector.check("EXECUTE x")
+    assert held.effect is StatementEffect.REVIEW and held.request is not None
+    assert narrow in approvals.get(held.request).statement.decode()  # the reviewer reads the body
+    approvals.approve(held.request, BOB, clock.now)
+    other = PolicyInspector(config=config, store=store, identity=ALICE, target="pg-prod",
+                            policy=config.policies[0], session="s2", source="127.0.0.1", approvals=approvals,
+                            clock=clock)
+    assert approved(other, wide).allowed
+    elsewhere = other.check("EXECUTE x")
+    assert elsewhere.effect is StatementEffect.REVIEW and elsewhere.request not in (None, held.request)
+    assert inspector.check("EXECUTE x").allowed  # where it was approved, it runs (once)
+
+
+def test_a_connection_that_names_very_many_statements_keeps_a_bounded_set(world) -> None:  # type: ignore[no-untyped-def]
+    inspector = world[0]
+    for n in range(MAX_NAMED + 1):
+        inspector.forget(f"_pg3_{n}")
+    assert len(inspector._named) <= MAX_NAMED
+    assert inspector.check("PREPARE fresh AS SELECT 1").allowed
+    assert not inspector.check("EXECUTE fresh").allowed  # past the bound, every name counts as used

@@ -813,6 +813,17 @@ def test_a_portal_gone_with_its_transaction_lends_its_sql_to_nothing(proxy: Prox
     assert [e.sql for e in proxy.events[-3:]] == ["DECLARE p CURSOR FOR SELECT 2 AS two", "<cursor p>", "COMMIT"]
 
 
+@pytest.mark.parametrize("drop", ["CLOSE p", "CLOSE ALL", "COMMIT; BEGIN"])
+def test_a_portal_closed_inside_a_transaction_lends_its_sql_to_nothing(proxy: Proxy, proxy_loop: ProxyLoop,
+                                                                       drop: str) -> None:
+    messages = (w.query("BEGIN") + w.parse_message("", "SELECT 1 AS one") + w.bind_message("p", "")
+                + w.execute_message("p") + w.SYNC_MESSAGE + w.query(drop)
+                + w.query("DECLARE p CURSOR FOR SELECT 2 AS two") + w.execute_message("p") + w.SYNC_MESSAGE
+                + w.query("COMMIT"))
+    proxy_loop.call(_raw_session(proxy.port, messages, until=6))
+    assert [e.sql for e in proxy.events[-3:]] == ["DECLARE p CURSOR FOR SELECT 2 AS two", "<cursor p>", "COMMIT"]
+
+
 def test_a_may_be_copy_after_an_error_in_the_batch_does_not_wait(proxy: Proxy) -> None:
     # The server skips the COPY's Execute after the error: no answer is coming, so nothing may wait for one.
     with socket.socket() as sock:

@@ -206,6 +206,9 @@ class ResultRelay:
     def copy_in_started(self, head: Pending) -> None:
         """The target reads COPY data for ``head`` now (the session lets it through)."""
 
+    def portals_dropped(self) -> None:
+        """The target may have dropped portals the client bound (a transaction ended, a cursor closed)."""
+
     def answered(self, item: Pending | None) -> None:
         """The target finished answering ``item``; None: it answers nothing more before ReadyForQuery.
 
@@ -273,7 +276,10 @@ class ResultRelay:
         if typ == w.COMMAND_COMPLETE:
             self.result, self.copy_masking = None, False
             head = self._head(Await.QUERY, Await.EXECUTE)
-            head.tags.append(w.parse_tag(body))
+            tag = w.parse_tag(body)
+            head.tags.append(tag)
+            if tag in _PORTAL_ENDS:
+                self.portals_dropped()
             if head.kind is Await.EXECUTE:
                 self._finish(self._pop())
             self.answered(head)
@@ -388,4 +394,8 @@ class ResultRelay:
         self.copy_masking = True
 
 
+# Command tags after which portals bound earlier may be gone on the server while its transaction status
+# does not say so: CLOSE p and CLOSE ALL, COMMIT or ROLLBACK followed by BEGIN, ROLLBACK TO a savepoint.
+_PORTAL_ENDS = frozenset({"CLOSE CURSOR", "CLOSE CURSOR ALL", "COMMIT", "ROLLBACK", "PREPARE TRANSACTION",
+                          "DISCARD ALL"})
 _SIMPLE_ACKS = {w.PARSE_COMPLETE: Await.PARSE, w.BIND_COMPLETE: Await.BIND, w.CLOSE_COMPLETE: Await.CLOSE}

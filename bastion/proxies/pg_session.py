@@ -149,6 +149,10 @@ class PgSession(ResultRelay):
                 self._hold_client(side)
                 link.when_writable(functools.partial(self._release_client, side))
 
+    def portals_dropped(self) -> None:
+        # Forgotten here too: a cursor DECLAREd under a dropped portal's name must not be audited as its SQL.
+        self.portals.clear()
+
     def batch_done(self, status: bytes) -> None:
         """The target is ready for the next batch: relay what waited for it."""
         if status == b"I":
