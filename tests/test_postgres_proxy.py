@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from test_held_statements import CONFIG as HOLD_FOR_REVIEW
 
 from bastion.approvals import Approvals
 from bastion.audit import AuditStore
@@ -729,29 +730,11 @@ def test_a_statement_redefined_in_sql_is_masked_by_what_it_now_returns(proxy: Pr
     assert len(rows) == 2 and not any(b"ada@example.com" in row for row in rows)
 
 
-HOLD_DELETES = """\
-listen: {ssh: "127.0.0.1:2222", http: "127.0.0.1:8080"}
-state_dir: state
-identity:
-  oidc: {issuer: "https://idp.example.com", client_id: bastion}
-targets:
-  pg-test: {kind: postgres, address: "127.0.0.1:5432"}
-policies:
-  - name: dev
-    subjects: {groups: [dev]}
-    targets: {names: [pg-test]}
-    access: allow
-    approval: {approvers: {groups: [dba]}, request_ttl: 10m}
-    guardrails:
-      - {effect: review, statements: [delete]}
-"""
-
-
 def test_a_name_redefined_in_sql_cannot_carry_an_approval_further(proxy_loop: ProxyLoop, target: Upstream,
                                                                    tmp_path: Path) -> None:
     # An approval runs one DELETE. Here SQL gives the name x a new body under the approval, while the proxy
     # still knew x as a SELECT: every Bind of x would then have run the DELETE again, audited as a SELECT.
-    (tmp_path / "bastion.yaml").write_text(HOLD_DELETES)
+    (tmp_path / "bastion.yaml").write_text(HOLD_FOR_REVIEW)  # holds UPDATE and DELETE for review
     config = load_config(tmp_path / "bastion.yaml")
     alice = Identity("alice", frozenset({"dev"}))
     prepare = "PREPARE x AS DELETE FROM kv WHERE k = 9601"
@@ -761,7 +744,7 @@ def test_a_name_redefined_in_sql_cannot_carry_an_approval_further(proxy_loop: Pr
         approvals = Approvals(store)
 
         def inspector() -> PolicyInspector:
-            return PolicyInspector(config=config, store=store, identity=alice, target="pg-test",
+            return PolicyInspector(config=config, store=store, identity=alice, target="pg-prod",
                                    policy=config.policies[0], session="s", source="127.0.0.1", approvals=approvals)
         held = inspector().check(prepare)
         assert held.request is not None
