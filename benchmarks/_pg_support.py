@@ -10,15 +10,27 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
-from _support import SSHD, Lab, free_port, serve_bare, stop_process, wait_for_file, wait_for_port
+from _support import (
+    SSHD,
+    Lab,
+    free_port,
+    raise_nofile,
+    serve_bare,
+    stop_on_signals,
+    stop_process,
+    wait_for_file,
+    wait_for_port,
+)
 
 from bastion.devdb import PgServer
 
@@ -44,6 +56,17 @@ class BenchDb:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         return env | {"PGPASSWORD": self.password, "PGSSLMODE": "disable", "PGUSER": APP_USER,
                       "PGDATABASE": DATABASE, "PGHOST": "127.0.0.1", "LC_ALL": "C"}
+
+
+def launch(run: Callable[[Any], Coroutine[Any, Any, int]], args: Any, *, tools: dict[str, str]) -> int:
+    """Run a benchmark's ``run(args)`` once the ``tools`` it needs (binary: Debian package) are on PATH."""
+    missing = sorted(tools[tool] for tool in tools if shutil.which(tool) is None)
+    if missing:
+        print(f"needs {' and '.join(tools)} (Debian: apt-get install {' '.join(missing)})", file=sys.stderr)
+        return 2
+    raise_nofile()
+    stop_on_signals(args.budget)
+    return asyncio.run(run(args))
 
 
 def bench_db(lab: Lab, scale: int = 1) -> BenchDb:

@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 
-from _pg_support import bench_db, finish, parse_tps, pgbench_binary, socat, spawn
-from _support import Lab, free_port, median, raise_nofile, run_main, stop_on_signals, table, wait_for_port
+from _pg_support import bench_db, finish, launch, parse_tps, pgbench_binary, socat, spawn
+from _support import Lab, free_port, median, run_main, table, wait_for_port
 from postgres_proxy import make_bastion, start_proxy
 
 # -- the two bare relays (run in a child process of their own) --------------------------------------
@@ -146,13 +145,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="pgbench -T per run (default 8)")
     parser.add_argument("--runs", type=int, default=2, help="runs per path (default 2)")
     parser.add_argument("--budget", type=float, default=200, help="stop everything after this many seconds")
-    args = parser.parse_args()
-    if shutil.which("socat") is None:
-        print("needs socat (Debian: apt-get install socat)", file=sys.stderr)
-        return 2
-    raise_nofile()
-    stop_on_signals(args.budget)
-    return asyncio.run(run(args))
+    return launch(run, parser.parse_args(), tools={"socat": "socat"})
 
 
 if __name__ == "__main__":

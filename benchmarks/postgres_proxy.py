@@ -18,8 +18,6 @@ import asyncio
 import functools
 import os
 import resource
-import shutil
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ from _pg_support import (
     bench_db,
     finish,
     forward_args,
+    launch,
     parse_tps,
     pgbench_binary,
     socat,
@@ -43,10 +42,8 @@ from _support import (
     Lab,
     free_port,
     median,
-    raise_nofile,
     rss_kib,
     run_main,
-    stop_on_signals,
     table,
     wait_for_port,
 )
@@ -284,13 +281,7 @@ def main() -> int:
     parser.add_argument("--uvloop", action="store_true",
                         help="part 2 on uvloop: bastion serve --event-loop uvloop, and the bare forward on uvloop too")
     parser.add_argument("--budget", type=float, default=235, help="stop everything after this many seconds")
-    args = parser.parse_args()
-    if shutil.which("socat") is None or shutil.which("psql") is None:
-        print("needs socat and psql (Debian: apt-get install socat postgresql-client)", file=sys.stderr)
-        return 2
-    raise_nofile()
-    stop_on_signals(args.budget)
-    return asyncio.run(run(args))
+    return launch(run, parser.parse_args(), tools={"socat": "socat", "psql": "postgresql-client"})
 
 
 if __name__ == "__main__":
